@@ -1,0 +1,37 @@
+"""Audio encoding: float32 samples → 16-bit PCM, complete WAV files and streamable WAV headers."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import soundfile
+
+# RIFF and data sizes of a stream whose length is not known when the header is sent. ffmpeg,
+# sox and libsndfile read such a file up to its real end.
+UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def to_pcm16(audio: np.ndarray) -> bytes:
+    """Little-endian 16-bit PCM; values outside [-1, 1] are clipped, NaN becomes silence."""
+    samples = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """One complete mono 16-bit WAV file."""
+    buffer = io.BytesIO()
+    samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
+    soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def streaming_wav_header(sample_rate: int, channels: int = 1, bits: int = 16) -> bytes:
+    """A 44-byte WAV header for PCM that follows in chunks, its sizes marked unknown."""
+    block_align = channels * bits // 8
+    return (
+        b"RIFF" + struct.pack("<I", UNKNOWN_SIZE) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, bits)
+        + b"data" + struct.pack("<I", UNKNOWN_SIZE)
+    )

@@ -1,0 +1,127 @@
+"""The wire protocol: every request, response, error and stream event, shared by both apps."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ChatRequest(BaseModel):
+    """`POST /chat2audio` body."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,  # no "false" for a temperature, no "5" for a token count
+        json_schema_extra={"examples": [{"input": "Hello, who are you?", "speaker": "Aria"}]},
+    )
+
+    input: str = Field(min_length=1, description="What the user says to the character.")
+    speaker: str = Field(min_length=1, max_length=64, description="Speaker id, see GET /speakers.")
+    format: Literal["wav", "events", "text"] = Field(
+        "wav",
+        description='"wav": audio/wav (streamed by the stream app). "events": text/event-stream of JSON '
+        'events, one per sentence with its text and audio, then the whole reply. "text": the same events '
+        "without audio (no speech synthesis at all).",
+    )
+    session_id: str | None = Field(
+        None,
+        pattern=SESSION_ID_PATTERN,
+        description="Keep a conversation: earlier turns of this session (with this speaker) are remembered.",
+    )
+    max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Overrides the speaker's reply length cap.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Overrides the LLM sampling temperature.")
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must contain some text")
+        if "\x00" in value:
+            raise ValueError("input must not contain NUL characters")
+        return value
+
+
+class SpeakerInfo(BaseModel):
+    id: str
+    available: bool
+    reason: str | None = Field(None, description="Why the speaker is unavailable (missing files, …).")
+    engine: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    language: str | None = Field(None, description="Language the character speaks.")
+    sample_rate: int | None = None
+
+
+class SpeakersResponse(BaseModel):
+    speakers: list[SpeakerInfo]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description='Machine-readable kind, e.g. "unknown_speaker".')
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading"]
+
+
+class StatsResponse(BaseModel):
+    active_replies: int = Field(description="Replies being generated or spoken now.")
+    admitted_requests: int = Field(description="Requests running or waiting for a slot.")
+    llm_active_generations: int = Field(description="LLM generations running now (in-process backends).")
+    threads: int
+
+
+# -- events of format="events" (text/event-stream, one JSON object per `data:` line) -------
+
+
+class StartEvent(BaseModel):
+    type: Literal["start"] = "start"
+    request_id: str
+    speaker: str
+    sample_rate: int
+    session_id: str | None = None
+    transcript: str | None = Field(None, description="What was heard, when the input was speech.")
+
+
+class SentenceEvent(BaseModel):
+    type: Literal["sentence"] = "sentence"
+    index: int
+    text: str = Field(description="The sentence as the LLM wrote it.")
+    speech_text: str | None = Field(None, description="What was spoken, when the speaker speaks another language.")
+    audio_wav_base64: str | None = Field(None, description="This sentence's audio as a complete base64 WAV.")
+    audio_seconds: float = 0.0
+    elapsed_seconds: float = Field(description="Seconds since the request arrived when this sentence was ready.")
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"] = "done"
+    text: str = Field(description="The whole reply as the LLM wrote it (cut to whole sentences if it ran out of tokens).")
+    spoken_text: str = Field(description="What was spoken (stage directions and emoji removed).")
+    finish_reason: str
+    audio_seconds: float
+    elapsed_seconds: float
+
+
+class Turn(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class SessionResponse(BaseModel):
+    session_id: str
+    speaker: str
+    turns: list[Turn]
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    error: ErrorDetail

@@ -1,0 +1,117 @@
+"""Conversation memory: the last turns of each session, forgotten when idle.
+
+A session belongs to one speaker (the same id with another character is another conversation).
+The store is an interface so that replicas can share one (e.g. Redis); the default lives in
+this process's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llm.base import ChatMessage
+
+
+class SessionStore(Protocol):
+    async def history(self, speaker: str, session_id: str) -> list[ChatMessage]: ...
+
+    async def remember(self, speaker: str, session_id: str, user: str, assistant: str) -> None: ...
+
+    async def forget(self, session_id: str) -> int:
+        """Forget the session with every speaker; returns how many conversations were dropped."""
+        ...
+
+
+@dataclass
+class _Session:
+    turns: list[ChatMessage] = field(default_factory=list)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class MemorySessionStore:
+    """Sessions in this process: at most `max_turns` exchanges each, `max_sessions` in all (least
+    recently used dropped first), and none idle for longer than `ttl_s`."""
+
+    def __init__(self, *, max_turns: int, ttl_s: float, max_sessions: int) -> None:
+        self.max_turns = max_turns
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[tuple[str, str], _Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._sessions)
+
+    async def history(self, speaker: str, session_id: str) -> list[ChatMessage]:
+        self._expire()
+        session = self._sessions.get((speaker, session_id))
+        return list(session.turns) if session else []
+
+    async def remember(self, speaker: str, session_id: str, user: str, assistant: str) -> None:
+        self._expire()
+        key = (speaker, session_id)
+        session = self._sessions.pop(key, None) or _Session()
+        session.turns += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
+        del session.turns[: max(0, len(session.turns) - 2 * self.max_turns)]
+        session.last_used = time.monotonic()
+        self._sessions[key] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    async def forget(self, session_id: str) -> int:
+        keys = [key for key in self._sessions if key[1] == session_id]
+        for key in keys:
+            del self._sessions[key]
+        return len(keys)
+
+    def _expire(self) -> None:
+        # Least recently used first, so the scan stops at the first live session.
+        cutoff = time.monotonic() - self.ttl_s
+        while self._sessions:
+            key, session = next(iter(self._sessions.items()))
+            if session.last_used >= cutoff:
+                break
+            del self._sessions[key]
+
+
+class RedisSessionStore:
+    """Sessions in Redis, shared by every replica: one list of JSON turns per (speaker, session),
+    trimmed to the window and expiring after `ttl_s` idle seconds."""
+
+    def __init__(self, url: str, *, max_turns: int, ttl_s: float, prefix: str = "chat2audio:session:") -> None:
+        import redis.asyncio as redis  # only needed when this store is configured
+
+        self._redis = redis.from_url(url)
+        self.max_turns = max_turns
+        self.ttl_ms = int(ttl_s * 1000)
+        self._prefix = prefix
+
+    def _key(self, speaker: str, session_id: str) -> str:
+        return f"{self._prefix}{session_id}:{speaker}"
+
+    async def history(self, speaker: str, session_id: str) -> list[ChatMessage]:
+        raw = await self._redis.lrange(self._key(speaker, session_id), 0, -1)
+        return [ChatMessage(**json.loads(item)) for item in raw]
+
+    async def remember(self, speaker: str, session_id: str, user: str, assistant: str) -> None:
+        key = self._key(speaker, session_id)
+        turns = [json.dumps({"role": "user", "content": user}), json.dumps({"role": "assistant", "content": assistant})]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *turns)
+            if self.max_turns:
+                pipe.ltrim(key, -2 * self.max_turns, -1)
+            else:
+                pipe.delete(key)
+            pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
+
+    async def forget(self, session_id: str) -> int:
+        keys = [key async for key in self._redis.scan_iter(match=f"{self._prefix}{session_id}:*")]
+        return await self._redis.delete(*keys) if keys else 0
+
+    async def close(self) -> None:
+        await self._redis.aclose()

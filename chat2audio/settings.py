@@ -1,0 +1,97 @@
+"""Typed service configuration, read once at start-up from `CHAT2AUDIO_*` variables or `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAT2AUDIO_", env_file=PROJECT_ROOT / ".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    speakers_dir: Path = PROJECT_ROOT / "speakers"
+    prompts_dir: Path = PROJECT_ROOT / "prompts"
+    models_dir: Path = PROJECT_ROOT / "models"
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "chat2audio",
+        description="Where converted models are cached (the embedded GGUF → HF conversion).",
+    )
+
+    llm_backend: Literal["transformers", "openai", "scripted"] = "transformers"
+    llm_model: str | None = Field(
+        None, description="HF model dir or .gguf (transformers) or model name (openai); unset = embedded"
+    )
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_new_tokens: int = Field(160, ge=1, le=8192)
+    llm_temperature: float = Field(0.7, ge=0.0, le=5.0)
+    llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
+    llm_repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
+    trust_remote_code: bool = False
+
+    stt_backend: Literal["none", "transformers", "openai"] = Field(
+        "none", description="speech-to-text for voice input: a local Whisper dir, or a remote server"
+    )
+    stt_model: str | None = Field(None, description="Whisper dir (relative: under models_dir) or remote model name")
+    stt_base_url: str | None = None
+    stt_api_key: str | None = None
+    stt_max_audio_seconds: float = Field(60.0, gt=0)
+    stt_language: str | None = Field(None, description="language spoken to the service; unset = detect")
+    max_upload_bytes: int = Field(10 * 2**20, ge=1024, description="largest accepted voice upload")
+
+    device: str = "auto"
+    tts_cache_size: int = Field(2, ge=1, description="GPT-SoVITS voices kept loaded (LRU)")
+
+    max_input_chars: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_concurrent_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(16, ge=0)
+    request_timeout_s: float = Field(300.0, gt=0, description="a reply taking longer fails with 504")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, in-flight replies get this long")
+    sentence_queue_size: int = Field(4, ge=1)
+    pipeline_mode: Literal["overlapped", "sequential"] = Field(
+        "overlapped", description="sequential = the original design (whole reply, then speech); for benchmarks"
+    )
+
+    # Speeds of the scripted (deterministic) LLM and TTS used by tests and benchmarks.
+    scripted_token_delay_s: float = Field(0.02, ge=0)
+    scripted_tts_rtf: float = Field(0.1, ge=0)
+
+    session_max_turns: int = Field(10, ge=0, description="user+assistant exchanges remembered per session")
+    session_ttl_s: float = Field(1800.0, gt=0, description="idle sessions are forgotten after this long")
+    max_sessions: int = Field(10000, ge=1)
+    session_store: Literal["memory", "redis"] = "memory"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="session store shared by replicas")
+
+    translation_prompt: str = Field(
+        "Translate the user's text from {source} into {target}. Reply with the translation only, "
+        "nothing else.",
+        description="system prompt of the per-sentence translation step ({source}, {target} filled in)",
+    )
+
+    api_key: str | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: str = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("speakers_dir", "prompts_dir", "models_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Relative paths mean relative to the project, never to wherever the server was started.
+        value = value.expanduser()
+        return value if value.is_absolute() else PROJECT_ROOT / value

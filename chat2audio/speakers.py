@@ -1,0 +1,204 @@
+"""The speaker registry: `speakers/<id>.toml` (voice) + `prompts/<prompt>.md` (persona).
+
+Read once at start-up. A broken file makes that one speaker unavailable, with the file and field
+named; it never takes the others down. Requests look speakers up by id in a dict, so nothing a
+client sends is ever used to build a path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import tts
+from chat2audio.errors import SpeakerUnavailable, UnknownSpeaker
+from llm.base import GenerationOptions
+from tts.base import TTSEngine, VoiceParams
+
+log = logging.getLogger(__name__)
+
+SPEAKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class GenerationOverrides(BaseModel):
+    """`[llm]` table: per-speaker generation settings over the global ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, ge=0.5, le=3.0)
+
+    def apply(self, options: GenerationOptions) -> GenerationOptions:
+        return replace(options, **self.model_dump(exclude_none=True))
+
+
+class SpeakerFile(BaseModel):
+    """The top level of a speaker file; `[voice]` is validated by the engine's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    prompt: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    display_name: str | None = None
+    description: str | None = None
+    language: str | None = Field(None, description="language the replies are written in")
+    speech_language: str | None = Field(None, description="language they are spoken in, if another")
+    llm: GenerationOverrides = Field(default_factory=GenerationOverrides)
+    voice: dict = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Speaker:
+    id: str
+    source: Path
+    engine: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    language: str | None = None
+    system_prompt: str = ""
+    voice: VoiceParams | None = None
+    generation: GenerationOverrides = field(default_factory=GenerationOverrides)
+    speech_language: str | None = None
+    problems: tuple[str, ...] = ()  # the speaker cannot talk at all (file or prompt broken)
+    voice_problems: tuple[str, ...] = ()  # it cannot speak aloud (engine, voice, model files)
+
+    @property
+    def available(self) -> bool:
+        return not self.problems and not self.voice_problems
+
+    @property
+    def can_chat(self) -> bool:
+        """Text-only replies need the persona, not the voice."""
+        return not self.problems
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(self.problems + self.voice_problems) or None
+
+    @property
+    def translates(self) -> bool:
+        """Replies are written in `language` and spoken in `speech_language`."""
+        return bool(self.speech_language and self.language and self.speech_language != self.language)
+
+
+def _field_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    return [
+        f"field {prefix + '.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+        for item in error.errors()
+    ]
+
+
+def parse_speaker_file(path: Path, prompts_dir: Path) -> Speaker:
+    """Parse one speaker file; every problem is recorded on the speaker, never raised."""
+    speaker_id = path.stem
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        return Speaker(speaker_id, path, problems=(f"{path.name}: not valid TOML ({error})",))
+    try:
+        spec = SpeakerFile.model_validate(data)
+    except ValidationError as error:
+        return Speaker(speaker_id, path, problems=tuple(f"{path.name}: {p}" for p in _field_errors(error)))
+    speaker = Speaker(
+        speaker_id, path, engine=spec.engine, display_name=spec.display_name or speaker_id,
+        description=spec.description, language=spec.language, speech_language=spec.speech_language,
+        generation=spec.llm,
+    )
+    problems: list[str] = []
+    voice_problems: list[str] = []
+    if spec.engine not in tts.ENGINES:
+        voice_problems.append(
+            f"{path.name}: field engine: unknown engine {spec.engine!r} (known: {', '.join(tts.ENGINES)})"
+        )
+    else:
+        try:
+            speaker = replace(speaker, voice=tts.voice_model(spec.engine).model_validate(spec.voice))
+        except ImportError as error:
+            voice_problems.append(f"engine {spec.engine!r} is not installed ({error.name or error})")
+        except ValidationError as error:
+            voice_problems.extend(f"{path.name}: {p}" for p in _field_errors(error, prefix="voice."))
+    prompt_path = prompts_dir / f"{spec.prompt or speaker_id}.md"
+    try:
+        speaker = replace(speaker, system_prompt=prompt_path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        problems.append(f"{path.name}: field prompt: prompt file {prompt_path.name} not found in the prompts dir")
+    return replace(speaker, problems=tuple(problems), voice_problems=tuple(voice_problems))
+
+
+class SpeakerRegistry:
+    """All speakers, their engines, and whether each can speak right now."""
+
+    def __init__(self, speakers: dict[str, Speaker], engines: dict[str, TTSEngine]) -> None:
+        self._speakers = speakers
+        self.engines = engines
+
+    @classmethod
+    def scan(cls, speakers_dir: Path, prompts_dir: Path) -> SpeakerRegistry:
+        speakers: dict[str, Speaker] = {}
+        for path in sorted(speakers_dir.glob("*.toml")):
+            if not SPEAKER_ID.match(path.stem):
+                log.warning("ignoring speaker file %s: ids are letters, digits, '_' and '-'", path.name)
+                continue
+            speaker = parse_speaker_file(path, prompts_dir)
+            if speaker.reason and speaker.voice is None:
+                log.error("speaker %s is broken: %s", speaker.id, speaker.reason)
+            speakers[speaker.id] = speaker
+        return cls(speakers, {})
+
+    def engine_names(self) -> set[str]:
+        """Engines that at least one well-formed speaker needs."""
+        return {s.engine for s in self._speakers.values() if s.voice is not None and s.engine}
+
+    def attach_engines(
+        self,
+        engines: dict[str, TTSEngine],
+        engine_problems: dict[str, str],
+        models_dir: Path,
+        *,
+        failed: dict[str, TTSEngine] | None = None,
+    ) -> None:
+        """Record the started engines and mark each speaker available or not, with the reason.
+        An engine that was built but failed to start still names each speaker's missing files."""
+        failed = failed or {}
+        self.engines = engines
+        for speaker_id, speaker in list(self._speakers.items()):
+            if speaker.voice is None or speaker.engine is None:
+                continue
+            problems = list(speaker.voice_problems)
+            if speaker.engine in failed:
+                problems.extend(
+                    failed[speaker.engine].check_voice(speaker.voice, models_dir) or [engine_problems[speaker.engine]]
+                )
+            elif speaker.engine in engine_problems:
+                problems.append(engine_problems[speaker.engine])
+            elif speaker.engine in engines:
+                problems.extend(engines[speaker.engine].check_voice(speaker.voice, models_dir))
+            speaker = replace(speaker, voice_problems=tuple(problems))
+            self._speakers[speaker_id] = speaker
+            if speaker.reason:
+                log.warning("speaker %s unavailable: %s", speaker_id, speaker.reason)
+
+    def all(self) -> list[Speaker]:
+        return list(self._speakers.values())
+
+    def get(self, speaker_id: str, *, needs_voice: bool = True) -> Speaker:
+        """The speaker, ready to speak (or just to chat); 404 if unknown, 503 with the reason if
+        unavailable."""
+        speaker = self._speakers.get(speaker_id)
+        if speaker is None:
+            known = ", ".join(sorted(self._speakers)) or "(none)"
+            raise UnknownSpeaker(f"unknown speaker {speaker_id[:64]!r}; known speakers: {known}")
+        if not (speaker.available if needs_voice else speaker.can_chat):
+            raise SpeakerUnavailable(f"speaker {speaker_id!r} is unavailable: {speaker.reason}")
+        return speaker
+
+    def engine_for(self, speaker: Speaker) -> TTSEngine:
+        assert speaker.engine is not None
+        return self.engines[speaker.engine]

@@ -1,0 +1,74 @@
+"""Bridge from blocking model code in a worker thread to an async iterator on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+Producer = Callable[[Callable[[T], bool], threading.Event], None]
+
+
+async def stream_from_thread(produce: Producer, *, executor: Executor | None = None) -> AsyncIterator[T]:
+    """Run `produce(emit, cancelled)` on a worker thread and yield what it emits, in order.
+
+    `emit(item)` returns False once the consumer has gone, and `cancelled` is set at the same
+    moment, so the producer can stop between steps. When the consumer closes this iterator
+    (or its task is cancelled), the iterator returns only after the producer has finished:
+    no model work outlives the request that asked for it.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def emit(item: T) -> bool:
+        if cancelled.is_set():
+            return False
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+        return True
+
+    def run() -> None:
+        try:
+            produce(emit, cancelled)
+        except BaseException as error:  # handed to the consumer, re-raised there
+            loop.call_soon_threadsafe(queue.put_nowait, _Failure(error))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    if executor is None:
+        executor = _shared_executor()
+    job = executor.submit(run)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        cancelled.set()
+        # A job still waiting for its worker never starts. A running one is awaited, shielded
+        # from our own cancellation, so no model work outlives the request.
+        if not job.cancel():
+            await asyncio.shield(asyncio.wrap_future(job))
+
+
+_default_executor: ThreadPoolExecutor | None = None
+
+
+def _shared_executor() -> ThreadPoolExecutor:
+    global _default_executor
+    if _default_executor is None:
+        _default_executor = ThreadPoolExecutor(thread_name_prefix="stream-from-thread")
+    return _default_executor
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
