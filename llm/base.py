@@ -1,0 +1,62 @@
+"""The one interface every LLM backend implements: chat messages in, text pieces out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling settings for one reply; backends ignore what they cannot honour."""
+
+    max_new_tokens: int = 160
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """A piece of the reply as generated. The last piece carries why generation ended."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+class LLMError(Exception):
+    """The backend could not produce a reply; `status` is the HTTP status to report."""
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """Generates a reply as an async stream of text pieces.
+
+    Closing the iterator early (client gone) must stop the generation work promptly.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Load models or open clients; called once from the app's lifespan."""
+
+    async def stop(self) -> None:
+        """Release what `start` acquired."""
+
+    def stream_chat(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[TextPiece]: ...

@@ -1,0 +1,46 @@
+"""A deterministic LLM of known speed for tests and benchmarks: it replies with the user's own
+last message, one word-sized token every `token_delay_s`. No model, no randomness."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from chat2audio.settings import Settings
+from llm.base import ChatMessage, GenerationOptions, TextPiece
+
+_TOKEN = re.compile(r"\s*[^\s]{1,4}|\s+")
+
+
+class ScriptedLLM:
+    name = "scripted"
+
+    def __init__(self, *, token_delay_s: float = 0.02, first_token_delay_s: float | None = None) -> None:
+        self.token_delay_s = token_delay_s
+        self.first_token_delay_s = token_delay_s if first_token_delay_s is None else first_token_delay_s
+        self.active_generations = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
+        script = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        tokens = _TOKEN.findall(script)
+        cut = len(tokens) > options.max_new_tokens
+        tokens = tokens[: options.max_new_tokens]
+        self.active_generations += 1
+        try:
+            for position, token in enumerate(tokens):
+                await asyncio.sleep(self.first_token_delay_s if position == 0 else self.token_delay_s)
+                yield TextPiece(token)
+            yield TextPiece("", finish_reason="length" if cut else "stop")
+        finally:
+            self.active_generations -= 1
+
+
+def create(settings: Settings) -> ScriptedLLM:
+    return ScriptedLLM(token_delay_s=settings.scripted_token_delay_s)

@@ -1,0 +1,225 @@
+"""In-process LLM through transformers: any causal-LM directory (Qwen2.5-7B, InternLM2, …) or a
+`.gguf` file, with the model's own chat template, streamed token by token from a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from chat2audio.devices import resolve_device
+from chat2audio.settings import Settings
+from chat2audio.threads import stream_from_thread
+from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.embedded import embedded_gguf_path
+
+log = logging.getLogger(__name__)
+
+
+class TransformersBackend:
+    """One model in this process; requests run one at a time on its own worker thread, in order."""
+
+    name = "transformers"
+
+    def __init__(self, *, model_source: Path, cache_dir: Path, device: str = "auto", trust_remote_code: bool = False) -> None:
+        self.model_source = model_source
+        self._cache_dir = cache_dir
+        self._requested_device = device
+        self._trust_remote_code = trust_remote_code
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self.device = "cpu"
+        self.load_seconds: float | None = None
+        # One worker thread = requests queue up instead of fighting over the same weights.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
+        self.active_generations = 0  # observable by tests: generation threads running now
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+        self.load_seconds = time.perf_counter() - started
+        log.info("LLM %s loaded on %s in %.1f s", self.model_source, self.device, self.load_seconds)
+
+    async def stop(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._model = None
+        self._tokenizer = None
+
+    def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
+        if self._model is None:
+            raise LLMError("LLM not loaded", status=503)
+
+        def produce(emit: Callable[[TextPiece], bool], cancelled: threading.Event) -> None:
+            self._generate_blocking(messages, options, emit, cancelled)
+
+        # Returned, not re-yielded, so that closing it closes the thread bridge at once.
+        return stream_from_thread(produce, executor=self._worker)
+
+    # -- worker thread only ----------------------------------------------------------------
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = resolve_device(self._requested_device)
+        dtype = torch.float32
+        if self.device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        model_dir = self._prepare_model_dir()
+        common = {"trust_remote_code": self._trust_remote_code}
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **common)
+        self._model = model.to(self.device).eval()
+        if not self._tokenizer.chat_template:
+            raise LLMError(f"{self.model_source} has no chat template", status=503)
+        # The first generate() pays one-off set-up costs; pay them here, not in a user's reply.
+        self._generate_blocking(
+            [ChatMessage("user", "Hi")], GenerationOptions(max_new_tokens=2, temperature=0), lambda piece: True, threading.Event()
+        )
+
+    def _prepare_model_dir(self) -> Path:
+        source = self.model_source
+        if not source.exists():
+            raise LLMError(f"LLM model not found: {source}", status=503)
+        if source.suffix != ".gguf":
+            return source
+        return self._converted_gguf(source)
+
+    def _converted_gguf(self, gguf: Path) -> Path:
+        """GGUF parsing is slow pure Python (~30 s for 135M): convert once, reuse the HF copy."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        stat = gguf.stat()
+        key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = self._cache_dir / "gguf" / f"{gguf.stem}-{key}"
+        if (target / "config.json").exists():
+            return target
+        log.info("converting %s to a transformers model in %s (once)", gguf.name, target)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # Dequantized to a dense model: GGUF-block models cannot be saved, and on CPU the
+        # dense 135M model is both small and fast.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        tokenizer.save_pretrained(partial)
+        model.save_pretrained(partial)
+        try:
+            partial.rename(target)
+        except OSError:  # another process won the race; its copy is as good as ours
+            shutil.rmtree(partial, ignore_errors=True)
+        return target
+
+    def _generate_blocking(
+        self,
+        messages: list[ChatMessage],
+        options: GenerationOptions,
+        emit: Callable[[TextPiece], bool],
+        cancelled: threading.Event,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if cancelled.is_set():
+            return
+        tokenizer, model = self._tokenizer, self._model
+        inputs = tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        ).to(self.device)
+
+        streamer = IncrementalDetokenizer(tokenizer, lambda text: emit(TextPiece(text)))
+
+        class StopWhenCancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        sampling = options.temperature > 0
+        generation_kwargs: dict[str, Any] = {
+            "max_new_tokens": options.max_new_tokens,
+            "do_sample": sampling,
+            "repetition_penalty": options.repetition_penalty,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([StopWhenCancelled()]),
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        }
+        if sampling:
+            generation_kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=0)
+        self.active_generations += 1
+        try:
+            with torch.inference_mode():
+                output = model.generate(**inputs, **generation_kwargs)
+        finally:
+            self.active_generations -= 1
+        if cancelled.is_set():
+            return
+        new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
+        eos_ids = _eos_ids(model, tokenizer)
+        ended_on_eos = new_tokens > 0 and int(output[0, -1]) in eos_ids
+        hit_limit = new_tokens >= options.max_new_tokens and not ended_on_eos
+        emit(TextPiece("", finish_reason="length" if hit_limit else "stop"))
+
+
+class IncrementalDetokenizer:
+    """A `generate` streamer that hands on new text after every token.
+
+    transformers' TextStreamer holds text back until a space (a whole word), which delays each
+    sentence end by a token. Here the whole reply is re-decoded per token and only the new suffix
+    is sent, unless it ends in an incomplete UTF-8 sequence (shown as U+FFFD) still being built.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], object]) -> None:
+        self._tokenizer = tokenizer
+        self._on_text = on_text
+        self._tokens: list[int] = []
+        self._sent = 0
+        self._prompt_skipped = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_skipped:  # generate() first passes the prompt itself
+            self._prompt_skipped = True
+            return
+        self._tokens.extend(int(token) for token in value.reshape(-1).tolist())
+        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= self._sent:
+            return
+        self._on_text(text[self._sent :])
+        self._sent = len(text)
+
+    def end(self) -> None:
+        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+        if len(text) > self._sent:
+            self._on_text(text[self._sent :])
+            self._sent = len(text)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def create(settings: Settings) -> TransformersBackend:
+    source = Path(settings.llm_model).expanduser() if settings.llm_model else embedded_gguf_path()
+    if not source.is_absolute():
+        source = settings.models_dir / source
+    return TransformersBackend(
+        model_source=source,
+        cache_dir=settings.cache_dir,
+        device=settings.device,
+        trust_remote_code=settings.trust_remote_code,
+    )

@@ -1,0 +1,137 @@
+"""STT backend `openai`: transcribes on a remote OpenAI-compatible server (OpenAI, vLLM,
+faster-whisper-server, LocalAI, …) through `POST {base_url}/audio/transcriptions`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from chat2audio.upstream import UpstreamClient, describe_transport_failure, read_error, upstream_http_status
+from stt.base import STTError, audio_duration
+
+if TYPE_CHECKING:
+    from chat2audio.settings import Settings
+
+# A transcript of a minute of speech is a few kB of JSON; anything far larger is not one.
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+# Leading bytes → (file extension, MIME type), so the server, which often goes by the file
+# name, is told the right format when the client sent none.
+_SIGNATURES: list[tuple[bytes, int, str, str]] = [
+    (b"RIFF", 0, "wav", "audio/wav"),
+    (b"fLaC", 0, "flac", "audio/flac"),
+    (b"OggS", 0, "ogg", "audio/ogg"),
+    (b"ID3", 0, "mp3", "audio/mpeg"),
+    (b"\x1a\x45\xdf\xa3", 0, "webm", "audio/webm"),  # browsers' MediaRecorder
+    (b"ftyp", 4, "m4a", "audio/mp4"),  # Safari's MediaRecorder
+]
+
+
+def upload_name(filename: str | None, data: bytes) -> tuple[str, str]:
+    """The file name and MIME type to upload `data` under."""
+    sniffed = next(((ext, mime) for magic, at, ext, mime in _SIGNATURES if data[at : at + len(magic)] == magic), None)
+    if sniffed is None and len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
+        sniffed = ("mp3", "audio/mpeg")  # an MPEG audio frame without an ID3 tag
+    # Only the base name: a client's path says nothing the server needs.
+    name = PurePath((filename or "").replace("\\", "/")).name.strip() or "audio"
+    if sniffed and not PurePath(name).suffix:
+        name = f"{name}.{sniffed[0]}"
+    mime = sniffed[1] if sniffed else (mimetypes.guess_type(name)[0] or "application/octet-stream")
+    return name, mime
+
+
+class OpenAISTTBackend(UpstreamClient):
+    """Sends each recording to an OpenAI-compatible transcription endpoint."""
+
+    name = "openai"
+    kind = "STT"
+    endpoint = "/audio/transcriptions"
+    accept = "application/json"
+    example_url = "http://127.0.0.1:8002/v1"
+    example_model = "whisper-1 or openai/whisper-large-v3"
+
+    def __init__(self, *, language: str | None = None, max_audio_seconds: float = 60.0, **connection: Any) -> None:
+        """`connection`: the keyword arguments of `UpstreamClient` (base_url, model, api_key, …)."""
+        super().__init__(**connection)
+        self._default_language = language or None
+        self._max_audio_seconds = max_audio_seconds
+
+    async def transcribe(self, audio: bytes, *, filename: str | None = None, language: str | None = None) -> str:
+        """The transcript the server returns, stripped."""
+        client = self._started_client()
+        await self._check_audio(audio)
+        name, mime = upload_name(filename, audio)
+        fields = {"model": self._model, "response_format": "json"}
+        if language := (language or self._default_language):
+            fields["language"] = language.strip()
+        try:
+            async with client.stream(
+                "POST", self._base_url + self.endpoint, data=fields, files={"file": (name, audio, mime)}
+            ) as response:
+                if response.status_code >= 400:
+                    message = await read_error(response, secret=self._api_key)
+                    raise STTError(
+                        f"STT server returned HTTP {response.status_code}: {message}",
+                        status=upstream_http_status(response.status_code),
+                    )
+                body = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except httpx.HTTPError as exc:
+            message, status = describe_transport_failure(
+                exc, what="STT", url=self.url, connect_timeout_s=self._connect_timeout_s, timeout_s=self._timeout_s
+            )
+            raise STTError(message, status=status) from exc
+        return self._transcript(body)
+
+    async def _check_audio(self, audio: bytes) -> None:
+        """Refuse empty and over-long audio here; formats soundfile cannot read (WebM, M4A) go
+        to the server unchecked, since servers decode with ffmpeg."""
+        if not audio:
+            raise STTError("the audio upload is empty (0 bytes)", status=422)
+        seconds = await asyncio.to_thread(audio_duration, audio)
+        if seconds is None:
+            return
+        if seconds <= 0:
+            raise STTError("the audio holds no samples (0 s long)", status=422)
+        if seconds > self._max_audio_seconds:
+            raise STTError(
+                f"the audio is too long: {seconds:.1f} s long; the limit is {self._max_audio_seconds:g} s", status=422
+            )
+
+    def _transcript(self, body: bytes | None) -> str:
+        payload: Any = None
+        if body is not None:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+        text = payload.get("text") if isinstance(payload, dict) else None
+        if not isinstance(text, str):
+            raise STTError(f"the STT server at {self.url} sent no transcript (expected JSON with a 'text' field)")
+        return text.strip()
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None when it is longer than `limit` bytes."""
+    raw = b""
+    async for chunk in response.aiter_bytes():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return raw
+
+
+def create(settings: Settings) -> OpenAISTTBackend:
+    """The backend for `CHAT2AUDIO_STT_BACKEND=openai`, configured from `settings`."""
+    return OpenAISTTBackend(
+        base_url=settings.stt_base_url,
+        model=settings.stt_model,
+        api_key=settings.stt_api_key,
+        language=settings.stt_language,
+        max_audio_seconds=settings.stt_max_audio_seconds,
+        max_connections=max(100, 2 * settings.max_concurrent_requests),
+    )
