@@ -1,0 +1,154 @@
+"""`python -m bench`: start the real servers on loopback and print markdown tables of
+time-to-first-audio against the physical floor and the original design, overlap, service
+overhead, concurrency and engine speeds. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.measure import (
+    PeakRSS,
+    concurrent_streams,
+    llm_speed,
+    measure_floor,
+    median,
+    percentile,
+    pipeline_in_process,
+    stream_once,
+    tts_speed,
+)
+from bench.profiles import PROFILES, Profile
+from tests.server import running_server
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+async def run_profile(profile: Profile, concurrency: list[int], workdir: Path) -> str:
+    out: list[str] = [f"## {profile.title}\n"]
+    env = profile.server_env(workdir)
+    backends = await profile.start_in_process(env)
+    with ExitStack() as stack:
+        ours = stack.enter_context(running_server("app_stream", env, workdir / f"{profile.name}-stream.log"))
+        original = stack.enter_context(
+            running_server("app_stream", {**env, "CHAT2AUDIO_PIPELINE_MODE": "sequential"}, workdir / f"{profile.name}-seq.log")
+        )
+        for server in (ours, original):  # one throw-away reply each: first-request costs are not latency
+            stream_once(server.base_url, profile.request(profile.prompts[0][1]))
+        await pipeline_in_process(
+            backends.llm, backends.tts, backends.voice, backends.messages(profile.prompts[0][1]), backends.options
+        )
+        rows, ratios, vs_original, overlaps, overheads = [], [], [], [], []
+        for label, text in profile.prompts:
+            messages = backends.messages(text)
+            floor = await measure_floor(backends.llm, backends.tts, backends.voice, messages, backends.options)
+            in_process = await pipeline_in_process(backends.llm, backends.tts, backends.voice, messages, backends.options)
+            body = profile.request(text)
+            ours_result = stream_once(ours.base_url, body)
+            original_result = stream_once(original.base_url, body)
+            if ours_result.ttfa_s is None or original_result.ttfa_s is None:
+                rows.append([label, "error", "", "", "", "", "", "", "", ""])
+                continue
+            ratio = ours_result.ttfa_s / floor.floor_s
+            versus = ours_result.ttfa_s / original_result.ttfa_s
+            overlap = ours_result.total_s / (floor.llm_total_s + floor.tts_total_s)
+            overhead = ours_result.total_s / in_process
+            ratios.append(ratio)
+            vs_original.append(versus)
+            overlaps.append(overlap)
+            overheads.append(overhead)
+            rows.append([
+                label, str(len(floor.sentences)), fmt(floor.first_sentence_written_s), fmt(floor.first_chunk_s),
+                fmt(floor.floor_s), fmt(ours_result.ttfa_s), fmt(ratio, 2), fmt(original_result.ttfa_s), fmt(versus, 2),
+                fmt(ours_result.total_s), fmt(floor.llm_total_s + floor.tts_total_s), fmt(overlap, 2),
+                fmt(in_process), fmt(overhead, 2),
+            ])
+        out.append("### Time to first audio (stream app, N = 1), seconds\n")
+        out.append(table(
+            ["prompt", "sentences", "1st sentence written", "1st chunk synth", "floor", "TTFA", "TTFA/floor",
+             "original TTFA", "ours/original", "stream total", "LLM+TTS total", "overlap", "in-process total", "HTTP/in-process"],
+            rows,
+        ))
+        out.append("\n" + table(
+            ["ratio", "median", "worst"],
+            [
+                ["TTFA / floor", fmt(median(ratios), 2), fmt(max(ratios, default=float("nan")), 2)],
+                ["our TTFA / original design's TTFA", fmt(median(vs_original), 2), fmt(max(vs_original, default=float("nan")), 2)],
+                ["overlap: stream total / (LLM total + TTS total)", fmt(median(overlaps), 2), fmt(max(overlaps, default=float("nan")), 2)],
+                ["service overhead: HTTP total / in-process total", fmt(median(overheads), 2), fmt(max(overheads, default=float("nan")), 2)],
+            ],
+        ))
+        out.append("\n### Concurrent streams\n")
+        concurrency_rows = []
+        body = profile.request(profile.concurrency_prompt)
+        for n in concurrency:
+            with PeakRSS(ours.process.pid) as rss:
+                results = await concurrent_streams(ours.base_url, body, n)
+            ok = [r for r in results if r.status == 200 and r.ttfa_s is not None]
+            ttfas = [r.ttfa_s for r in ok]
+            rtfs = [r.total_s / r.audio_s for r in ok if r.audio_s]
+            concurrency_rows.append([
+                str(n), fmt(percentile(ttfas, 50)), fmt(percentile(ttfas, 95)), fmt(percentile(rtfs, 50), 2),
+                fmt(percentile(rtfs, 95), 2), str(len(results) - len(ok)), fmt(rss.peak_mb, 0),
+            ])
+        out.append(table(["N", "TTFA p50", "TTFA p95", "RTF p50", "RTF p95", "errors", "server peak RSS (MB)"], concurrency_rows))
+        out.append("\nRTF here = a stream's wall time / its audio duration (< 1: it arrives faster than it plays). "
+                   "Requests beyond CHAT2AUDIO_MAX_CONCURRENT_REQUESTS wait for a slot.\n")
+    out.append("### Engines (in-process)\n")
+    speed = await tts_speed(backends.tts, profile.tts_probe_text, backends.voice)
+    llm = await llm_speed(backends.llm, backends.messages(profile.llm_probe_text), backends.options, backends.count_tokens)
+    out.append(table(
+        ["stage", "engine", "first chunk / token (s)", "speed"],
+        [
+            ["TTS", backends.tts_label, fmt(speed.first_chunk_s), f"RTF {fmt(speed.rtf, 4)} ({fmt(speed.audio_s, 2)} s audio)"],
+            ["LLM", backends.llm_label, fmt(llm.ttft_s), f"{fmt(llm.tokens_per_s, 1)} tokens/s ({llm.tokens} tokens)"],
+        ],
+    ))
+    await backends.stop()
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profiles", default="scripted,embedded", help=f"comma-separated: {', '.join(PROFILES)}")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="simultaneous streams to try")
+    parser.add_argument("--output", type=Path, help="also write the tables to this file")
+    args = parser.parse_args()
+    concurrency = [int(n) for n in args.concurrency.split(",")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    header = (
+        f"# chat2audio benchmark\n\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} · {platform.node()} · "
+        f"{os.cpu_count()} CPUs · {platform.processor() or platform.machine()} · Python {platform.python_version()}\n\n"
+        f"Command: `python -m bench {' '.join(sys.argv[1:])}`\n"
+    )
+    sections = [header]
+    with tempfile.TemporaryDirectory(prefix="chat2audio-bench-") as tmp:
+        for name in args.profiles.split(","):
+            section = asyncio.run(run_profile(PROFILES[name](), concurrency, Path(tmp)))
+            print(section, flush=True)
+            sections.append(section)
+    sections.append(f"_Whole run: {time.perf_counter() - started:.0f} s._\n")
+    print(sections[-1])
+    if args.output:
+        args.output.write_text("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
