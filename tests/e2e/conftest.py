@@ -1,0 +1,42 @@
+"""Configurations for end-to-end servers on the scripted (deterministic) backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TOKEN_DELAY_S = 0.05
+
+SCRIPTED_SPEAKERS = {
+    "Low": "frequency_hz = 220",
+    "High": "frequency_hz = 880",
+    "Fragile": 'frequency_hz = 440\nfail_on = "POISON"',
+    "Broken": 'frequency_hz = "loud"',
+}
+
+
+def scripted_env(root: Path, **settings: str) -> dict[str, str]:
+    """Speaker and prompt dirs holding the scripted tone voices, and the settings to serve them."""
+    speakers, prompts = root / "speakers", root / "prompts"
+    speakers.mkdir(parents=True, exist_ok=True)
+    prompts.mkdir(parents=True, exist_ok=True)
+    for name, voice in SCRIPTED_SPEAKERS.items():
+        (speakers / f"{name}.toml").write_text(f'engine = "scripted"\n[voice]\n{voice}\n')
+        (prompts / f"{name}.md").write_text(f"You are {name}.")
+    return {
+        "CHAT2AUDIO_SPEAKERS_DIR": str(speakers),
+        "CHAT2AUDIO_PROMPTS_DIR": str(prompts),
+        "CHAT2AUDIO_LLM_BACKEND": "scripted",
+        "CHAT2AUDIO_SCRIPTED_TOKEN_DELAY_S": str(TOKEN_DELAY_S),
+        "CHAT2AUDIO_SCRIPTED_TTS_RTF": "0.1",
+        "CHAT2AUDIO_MAX_INPUT_CHARS": "12000",
+        "CHAT2AUDIO_MAX_BODY_BYTES": "16384",
+        "CHAT2AUDIO_LLM_MAX_NEW_TOKENS": "4000",
+        **{f"CHAT2AUDIO_{key.upper()}": value for key, value in settings.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def config_dirs(tmp_path_factory) -> dict[str, str]:
+    return scripted_env(tmp_path_factory.mktemp("scripted"))

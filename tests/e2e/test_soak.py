@@ -1,0 +1,19 @@
+"""A short soak through the real server (the full one is `python -m bench.soak`): no thread
+growth, no work left running for gone clients, no steady memory growth."""
+
+from __future__ import annotations
+
+from bench.soak import soak
+from tests.e2e.conftest import scripted_env
+from tests.server import running_server
+
+
+def test_soak_leaves_no_threads_work_or_memory_behind(tmp_path):
+    env = scripted_env(tmp_path, scripted_token_delay_s="0.005", scripted_tts_rtf="0.02")
+    with running_server("app_stream", env, tmp_path / "server.log") as server:
+        report = soak(server.base_url, server.process.pid, requests=100)
+    assert not report.failures, report.failures[:5]
+    assert report.aborted >= 5
+    assert report.threads_after <= report.threads_before
+    assert max(report.stop_latencies_s) < 1.0
+    assert report.rss_mb[-1] - report.rss_mb[0] < 20, report.table()

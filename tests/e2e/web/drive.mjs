@@ -1,0 +1,263 @@
+// Drives the chat2audio web page in headless Chromium and prints one JSON object of what it saw.
+// Usage: node drive.mjs BASE_URL '{"speaker": "Low", "message": "...", ...}'
+// Each scenario records {ok: true, ...observations} or {ok: false, error}, so that one failing
+// part does not hide the others; tests/e2e/test_web_page.py makes the assertions.
+import { chromium } from 'playwright-core';
+
+const [base, optionsJson = '{}'] = process.argv.slice(2);
+if (!base) {
+  console.error('usage: node drive.mjs BASE_URL [OPTIONS_JSON]');
+  process.exit(2);
+}
+const options = {
+  speaker: 'Low',
+  message: 'The first sentence is here. Then comes the second one! And is this the third?',
+  textMessage: 'Only words this time. Nothing to hear.',
+  unknownSpeaker: 'Nobody',
+  failingSpeaker: 'Fragile', // its TTS fails on a sentence holding failingWord
+  failingMessage: 'This first part is fine. But this one carries POISON inside.',
+  recordSeconds: 1.2,
+  timeoutMs: 20000,
+  ...JSON.parse(optionsJson),
+};
+
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+  '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+];
+
+// Runs in the page before its own script: records what it sends and when sentence text appears.
+function instrument() {
+  window.__sent = [];
+  const realFetch = window.fetch.bind(window);
+  window.fetch = async (input, init = {}) => {
+    const record = { url: String(input), method: init.method || 'GET' };
+    window.__sent.push(record);
+    const body = init.body;
+    if (typeof body === 'string') {
+      record.json = body;
+    } else if (body instanceof FormData) {
+      record.contentType = 'multipart/form-data';
+      record.fields = {};
+      for (const [name, value] of body.entries()) {
+        if (value instanceof Blob) {
+          const bytes = new Uint8Array(await value.arrayBuffer());
+          let binary = '';
+          for (let i = 0; i < bytes.length; i += 1) binary += String.fromCharCode(bytes[i]);
+          record.fields[name] = { filename: value.name, type: value.type, size: value.size, base64: btoa(binary) };
+        } else {
+          record.fields[name] = value;
+        }
+      }
+    }
+    return realFetch(input, init);
+  };
+  // The text of each sentence must appear only once its audio has started.
+  window.__revealed = [];
+  new MutationObserver((mutations) => {
+    for (const mutation of mutations) {
+      for (const node of mutation.addedNodes) {
+        if (node.nodeType === 1 && node.classList.contains('sentence') && node.closest('.bubble.assistant')) {
+          const debug = window.chat2audioDebug || {};
+          window.__revealed.push({ text: node.textContent, sentencesStarted: debug.sentencesStarted, audioReceived: debug.audioReceived });
+        }
+      }
+    }
+  }).observe(document, { childList: true, subtree: true });
+}
+
+function parseWav(buffer) {
+  if (buffer.length < 44 || buffer.toString('ascii', 0, 4) !== 'RIFF' || buffer.toString('ascii', 8, 12) !== 'WAVE') {
+    return { valid: false, head: buffer.subarray(0, 16).toString('hex') };
+  }
+  const wav = { valid: true, bytes: buffer.length };
+  for (let at = 12; at + 8 <= buffer.length;) {
+    const id = buffer.toString('ascii', at, at + 4);
+    const size = buffer.readUInt32LE(at + 4);
+    if (id === 'fmt ') {
+      wav.format = buffer.readUInt16LE(at + 8);
+      wav.channels = buffer.readUInt16LE(at + 10);
+      wav.sampleRate = buffer.readUInt32LE(at + 12);
+      wav.bitsPerSample = buffer.readUInt16LE(at + 22);
+    } else if (id === 'data') {
+      wav.dataBytes = size;
+      const samples = [];
+      for (let i = at + 8; i + 1 < Math.min(buffer.length, at + 8 + size); i += 2) samples.push(buffer.readInt16LE(i));
+      wav.seconds = samples.length / wav.sampleRate;
+      wav.peak = samples.reduce((m, s) => Math.max(m, Math.abs(s)), 0);
+      break;
+    }
+    at += 8 + size + (size % 2);
+  }
+  return wav;
+}
+
+const page_ = {
+  debug: (page) => page.evaluate(() => ({ ...window.chat2audioDebug })),
+  sent: (page) => page.evaluate(() => window.__sent),
+  revealed: (page) => page.evaluate(() => window.__revealed),
+  bubbles: (page) => page.$$eval('#conversation .bubble', (nodes) => nodes.map((node) => ({
+    role: node.dataset.role,
+    sentences: [...node.querySelectorAll('.sentence')].map((s) => s.textContent),
+    errors: [...node.querySelectorAll('.error')].map((e) => e.textContent),
+  }))),
+  status: (page) => page.$eval('#status', (node) => ({ text: node.textContent, error: node.classList.contains('error') })),
+};
+
+async function waitIdleAfter(page, requests) {
+  await page.waitForFunction(
+    (n) => window.chat2audioDebug.requests >= n && window.chat2audioDebug.state === 'idle',
+    requests, { timeout: options.timeoutMs, polling: 50 },
+  );
+}
+
+async function send(page, text) {
+  const { requests } = await page_.debug(page);
+  await page.fill('#input', text);
+  await page.click('#send');
+  await waitIdleAfter(page, requests + 1);
+}
+
+async function snapshot(page) {
+  const bubbles = await page_.bubbles(page);
+  const assistant = bubbles.filter((b) => b.role === 'assistant');
+  return {
+    bubbles,
+    reply: assistant.at(-1) || null,
+    debug: await page_.debug(page),
+    status: await page_.status(page),
+    request: (await page_.sent(page)).filter((r) => r.url.endsWith('/chat2audio')).at(-1) || null,
+  };
+}
+
+async function scenario(results, name, fn) {
+  const started = Date.now();
+  if (results.load && !results.load.ok) {
+    results[name] = { ok: false, error: 'not run: the page did not load', ms: 0 };
+    return;
+  }
+  try {
+    results[name] = { ok: true, ...(await fn()) };
+  } catch (error) {
+    results[name] = { ok: false, error: String(error && error.stack || error) };
+  }
+  results[name].ms = Date.now() - started;
+}
+
+const results = { console: [] };
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+try {
+  const context = await browser.newContext();
+  await context.addInitScript(instrument);
+  const page = await context.newPage();
+  page.on('console', (message) => {
+    if (['error', 'warning'].includes(message.type())) results.console.push(`${message.type()}: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => results.console.push(`pageerror: ${error.message}`));
+
+  await scenario(results, 'load', async () => {
+    const response = await page.goto(`${base}/`);
+    if (!response || !response.ok()) throw new Error(`GET / answered ${response && response.status()}`);
+    await page.waitForFunction(() => window.chat2audioDebug && window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
+    const speakers = await page.$$eval('#speaker option', (nodes) => nodes.map((o) => ({
+      id: o.value, label: o.textContent, disabled: o.disabled, title: o.title,
+    })));
+    return { speakers, selected: await page.inputValue('#speaker'), title: await page.title(), debug: await page_.debug(page) };
+  });
+
+  await scenario(results, 'speak', async () => {
+    await page.selectOption('#speaker', options.speaker);
+    const before = await page_.debug(page);
+    await send(page, options.message);
+    return { before, ...(await snapshot(page)), revealed: await page_.revealed(page) };
+  });
+
+  await scenario(results, 'textOnly', async () => {
+    await page.check('#text-only');
+    const before = await page_.debug(page);
+    try {
+      await send(page, options.textMessage);
+    } finally {
+      await page.uncheck('#text-only');
+    }
+    return { before, ...(await snapshot(page)) };
+  });
+
+  await scenario(results, 'session', async () => {
+    const key = `chat2audio.session.${options.speaker}`;
+    const sessionId = await page.evaluate((k) => localStorage.getItem(k), key);
+    const sentIds = (await page_.sent(page))
+      .filter((r) => r.url.endsWith('/chat2audio') && r.json)
+      .map((r) => JSON.parse(r.json).session_id);
+    // A reload shows the conversation again, from the server's memory of the session.
+    await page.reload();
+    await page.waitForFunction(() => window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
+    // (the page shows the history before it turns idle)
+    const restored = await page_.bubbles(page);
+    await page.click('#new-conversation');
+    await page.waitForFunction(
+      (old) => window.__sent.some((r) => r.method === 'DELETE' && r.url.includes(`/sessions/${old}`)), sessionId,
+      { timeout: options.timeoutMs },
+    );
+    await page.waitForFunction(() => document.querySelector('#status').textContent !== '', null, { timeout: options.timeoutMs });
+    const newId = await page.evaluate((k) => localStorage.getItem(k), key);
+    const remembered = await page.evaluate(async ([old, speaker]) => {
+      const response = await fetch(`/sessions/${old}?speaker=${speaker}`);
+      return { status: response.status, body: await response.json().catch(() => null) };
+    }, [sessionId, options.speaker]);
+    return {
+      sessionId, sentIds, restored, newId, remembered,
+      bubblesAfterNew: (await page_.bubbles(page)).length,
+      status: await page_.status(page),
+      deletes: (await page_.sent(page)).filter((r) => r.method === 'DELETE').map((r) => r.url),
+    };
+  });
+
+  await scenario(results, 'microphone', async () => {
+    const before = await page_.debug(page);
+    await page.click('#mic');
+    await page.waitForFunction(() => window.chat2audioDebug.state === 'recording', null, { timeout: options.timeoutMs });
+    await page.waitForTimeout(options.recordSeconds * 1000);
+    await page.click('#mic');
+    // Done once the reply has begun to sound (or failed): no need to hear it all.
+    await page.waitForFunction(
+      ([requests, started]) => {
+        const debug = window.chat2audioDebug;
+        return debug.requests > requests && (debug.sentencesStarted > started || debug.state === 'idle');
+      },
+      [before.requests, before.sentencesStarted], { timeout: options.timeoutMs * 2, polling: 50 },
+    );
+    const shot = await snapshot(page);
+    const fields = shot.request && shot.request.fields;
+    if (fields && fields.audio && fields.audio.base64) {
+      fields.audio.wav = parseWav(Buffer.from(fields.audio.base64, 'base64'));
+      delete fields.audio.base64;
+    }
+    const user = shot.bubbles.filter((b) => b.role === 'user').at(-1);
+    return { before, ...shot, userBubble: user || null };
+  });
+
+  await scenario(results, 'midStreamError', async () => {
+    await page.selectOption('#speaker', options.failingSpeaker);
+    const before = await page_.debug(page);
+    await send(page, options.failingMessage);
+    return { before, ...(await snapshot(page)) };
+  });
+
+  await scenario(results, 'unknownSpeaker', async () => {
+    // The picker lists only known speakers: add a stale one, as if it had been removed meanwhile.
+    await page.evaluate((id) => {
+      const option = document.createElement('option');
+      option.value = id;
+      option.textContent = id;
+      document.querySelector('#speaker').append(option);
+    }, options.unknownSpeaker);
+    await page.selectOption('#speaker', options.unknownSpeaker);
+    await send(page, 'Is anybody there?');
+    return await snapshot(page);
+  });
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(results));

@@ -1,0 +1,341 @@
+"""The `openai` backend against a real scripted OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from chat2audio.settings import Settings
+from llm import create_backend
+from llm.base import ChatMessage, GenerationOptions, LLMBackend, LLMError, TextPiece
+from llm.openai_backend import OpenAIBackend, create
+from tests.fixtures.openai_stub_server import DEFAULT_REPLY, OpenAIStubServer, split_pieces
+
+API_KEY = "sk-test-SECRET-0123456789"
+MESSAGES = [
+    ChatMessage("system", "You are Nahida."),
+    ChatMessage("user", "Hello!"),
+]
+OPTIONS = GenerationOptions(max_new_tokens=64, temperature=0.5, top_p=0.8, repetition_penalty=1.1)
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAIStubServer]:
+    with OpenAIStubServer(api_key=API_KEY, stall_s=3.0) as server:
+        yield server
+
+
+def make_backend(stub: OpenAIStubServer, model: str = "some-model", **kw: object) -> OpenAIBackend:
+    options: dict[str, object] = {"api_key": API_KEY, "timeout_s": 5.0}
+    options.update(kw)
+    return OpenAIBackend(base_url=stub.base_url, model=model, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def backend(stub: OpenAIStubServer) -> AsyncIterator[OpenAIBackend]:
+    b = make_backend(stub)
+    await b.start()
+    yield b
+    await b.stop()
+
+
+async def collect(backend: OpenAIBackend, model: str | None = None,
+                  options: GenerationOptions = OPTIONS) -> list[TextPiece]:
+    if model is not None:
+        backend._model = model
+    return [p async for p in backend.stream_chat(MESSAGES, options)]
+
+
+async def expect_error(backend: OpenAIBackend, model: str) -> LLMError:
+    with pytest.raises(LLMError) as info:
+        await collect(backend, model)
+    assert API_KEY not in str(info.value)
+    return info.value
+
+
+def test_split_pieces_round_trips() -> None:
+    for text in [DEFAULT_REPLY, "  a  b ", "中文，没有空格。", ""]:
+        assert "".join(split_pieces(text)) == text
+
+
+@pytest.mark.asyncio
+async def test_normal_stream(stub: OpenAIStubServer, backend: OpenAIBackend) -> None:
+    assert isinstance(backend, LLMBackend)
+    pieces = await collect(backend)
+    assert "".join(p.text for p in pieces) == DEFAULT_REPLY
+    assert len(pieces) > 5  # streamed, not one lump
+    assert pieces[-1].finish_reason == "stop"
+    assert all(p.finish_reason is None for p in pieces[:-1])
+
+    request = stub.requests[-1]
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.body == {
+        "model": "some-model",
+        "messages": [
+            {"role": "system", "content": "You are Nahida."},
+            {"role": "user", "content": "Hello!"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 64,
+        "temperature": 0.5,
+        "top_p": 0.8,
+        "repetition_penalty": 1.1,
+    }
+    assert stub.streams[-1].completed and not stub.streams[-1].disconnected.is_set()
+
+
+@pytest.mark.asyncio
+async def test_connection_is_reused(stub: OpenAIStubServer, backend: OpenAIBackend) -> None:
+    for _ in range(3):
+        assert "".join(p.text for p in await collect(backend)) == DEFAULT_REPLY
+
+
+@pytest.mark.asyncio
+async def test_repetition_penalty_one_is_not_sent(stub: OpenAIStubServer,
+                                                  backend: OpenAIBackend) -> None:
+    await collect(backend, options=GenerationOptions(repetition_penalty=1.0))
+    assert "repetition_penalty" not in stub.requests[-1].body
+
+
+@pytest.mark.asyncio
+async def test_repetition_penalty_can_be_switched_off(stub: OpenAIStubServer) -> None:
+    b = make_backend(stub, send_repetition_penalty=False)
+    await b.start()
+    try:
+        await collect(b)
+    finally:
+        await b.stop()
+    assert "repetition_penalty" not in stub.requests[-1].body
+
+
+@pytest.mark.asyncio
+async def test_repetition_penalty_dropped_when_rejected(stub: OpenAIStubServer,
+                                                        backend: OpenAIBackend) -> None:
+    pieces = await collect(backend, "stub-400-repetition")
+    assert "".join(p.text for p in pieces) == DEFAULT_REPLY
+    assert "repetition_penalty" in stub.requests[-2].body
+    assert "repetition_penalty" not in stub.requests[-1].body
+    await collect(backend)  # remembered: no second rejected attempt
+    assert "repetition_penalty" not in stub.requests[-1].body
+
+
+@pytest.mark.asyncio
+async def test_no_auth_header_without_key(stub: OpenAIStubServer) -> None:
+    b = make_backend(stub, api_key=None)
+    await b.start()
+    try:
+        err = await expect_error(b, "some-model")
+    finally:
+        await b.stop()
+    assert "authorization" not in stub.requests[-1].headers
+    assert err.status == 502 and "HTTP 401" in str(err)
+
+
+@pytest.mark.asyncio
+async def test_quirky_but_valid_sse(backend: OpenAIBackend) -> None:
+    pieces = await collect(backend, "stub-quirky")
+    assert "".join(p.text for p in pieces) == DEFAULT_REPLY
+    assert pieces[-1].finish_reason == "stop"
+
+
+@pytest.mark.asyncio
+async def test_finish_reason_length(backend: OpenAIBackend) -> None:
+    pieces = await collect(backend, "stub-length")
+    text = "".join(p.text for p in pieces)
+    assert text and DEFAULT_REPLY.startswith(text) and text != DEFAULT_REPLY
+    assert pieces[-1].finish_reason == "length"
+
+
+@pytest.mark.asyncio
+async def test_max_tokens_reached_is_length(backend: OpenAIBackend) -> None:
+    pieces = await collect(backend, options=GenerationOptions(max_new_tokens=3))
+    assert "".join(p.text for p in pieces) == "".join(split_pieces(DEFAULT_REPLY)[:3])
+    assert pieces[-1].finish_reason == "length"
+
+
+@pytest.mark.asyncio
+async def test_http_401_is_502_without_the_key(stub: OpenAIStubServer) -> None:
+    b = make_backend(stub)
+    await b.start()
+    try:
+        err = await expect_error(b, "stub-401")  # the stub echoes the key it was given
+    finally:
+        await b.stop()
+    assert err.status == 502
+    assert "HTTP 401" in str(err) and "Incorrect API key provided: ***" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "text"),
+    [
+        ("stub-500", 502, "HTTP 500: CUDA out of memory. Tried to allocate 2.00 GiB"),
+        ("stub-429", 503, "HTTP 429: server is overloaded"),
+        ("stub-text-error", 502, "HTTP 502: <html>502 Bad Gateway (nginx)</html>"),
+        ("stub-cut", 502, "upstream stream ended early"),
+        ("stub-no-done", 502, "upstream stream ended early"),
+        ("stub-error-event", 502, "engine dead: worker crashed"),
+        ("stub-malformed", 502, "malformed JSON"),
+        ("stub-not-sse", 502, "did not send an event stream"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_upstream_errors(backend: OpenAIBackend, model: str, status: int, text: str) -> None:
+    err = await expect_error(backend, model)
+    assert err.status == status
+    assert text in str(err)
+
+
+@pytest.mark.asyncio
+async def test_error_after_some_pieces(backend: OpenAIBackend) -> None:
+    backend._model = "stub-error-event"
+    got: list[TextPiece] = []
+    with pytest.raises(LLMError, match="mid-stream"):
+        async for piece in backend.stream_chat(MESSAGES, OPTIONS):
+            got.append(piece)
+    assert "".join(p.text for p in got) == "".join(split_pieces(DEFAULT_REPLY)[:3])
+
+
+@pytest.mark.asyncio
+async def test_long_error_message_is_truncated(backend: OpenAIBackend) -> None:
+    backend._model = "stub-400-long"  # the stub quotes the whole prompt back
+    with pytest.raises(LLMError) as info:
+        [p async for p in backend.stream_chat([ChatMessage("user", "word " * 2000)], OPTIONS)]
+    assert info.value.status == 502
+    assert "HTTP 400: prompt too long: word word" in str(info.value)
+    assert len(str(info.value)) < 400 and str(info.value).endswith("…")
+
+
+@pytest.mark.asyncio
+async def test_read_timeout_is_504(stub: OpenAIStubServer) -> None:
+    for model in ("stub-slow", "stub-slow-headers"):
+        b = make_backend(stub, timeout_s=0.3)
+        await b.start()
+        started = time.monotonic()
+        try:
+            err = await expect_error(b, model)
+        finally:
+            await b.stop()
+        assert err.status == 504 and "sent nothing for 0.3 s" in str(err)
+        assert time.monotonic() - started < 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.asyncio
+async def test_connection_refused_is_503() -> None:
+    url = f"http://user:{API_KEY}@127.0.0.1:{free_port()}/v1"
+    b = OpenAIBackend(base_url=url, model="m", api_key=API_KEY)
+    await b.start()
+    try:
+        with pytest.raises(LLMError) as info:
+            await collect(b)
+    finally:
+        await b.stop()
+    err = info.value
+    assert err.status == 503
+    assert "127.0.0.1" in str(err) and "/v1/chat/completions" in str(err)
+    assert "connection refused" in str(err)
+    assert API_KEY not in str(err) and "user" not in str(err)
+
+
+@pytest.mark.asyncio
+async def test_unknown_host_is_503() -> None:
+    b = OpenAIBackend(base_url="http://no-such-host.invalid/v1", model="m")
+    await b.start()
+    try:
+        with pytest.raises(LLMError) as info:
+            await collect(b)
+    finally:
+        await b.stop()
+    assert info.value.status == 503 and "no-such-host.invalid" in str(info.value)
+    assert "host name not found" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_consumer_closing_the_stream_disconnects_upstream(stub: OpenAIStubServer,
+                                                                backend: OpenAIBackend) -> None:
+    stream = backend.stream_chat(MESSAGES, OPTIONS)
+    backend._model = "stub-endless"
+    got = [await anext(stream) for _ in range(5)]
+    assert all(p.text == " la" for p in got)
+    record = stub.streams[-1]
+    assert record.scenario == "endless" and not record.disconnected.is_set()
+    closed_at = time.monotonic()
+    await stream.aclose()
+    assert await asyncio.to_thread(record.disconnected.wait, 1.0)
+    assert record.disconnected_at is not None and record.disconnected_at - closed_at < 1.0
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_task_disconnects_upstream(stub: OpenAIStubServer,
+                                                        backend: OpenAIBackend) -> None:
+    backend._model = "stub-endless"
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in backend.stream_chat(MESSAGES, OPTIONS):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    record = stub.streams[-1]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(record.disconnected.wait, 1.0)
+
+
+@pytest.mark.asyncio
+async def test_many_concurrent_streams(stub: OpenAIStubServer, backend: OpenAIBackend) -> None:
+    results = await asyncio.gather(*(collect(backend) for _ in range(20)))
+    assert all("".join(p.text for p in r) == DEFAULT_REPLY for r in results)
+
+
+@pytest.mark.asyncio
+async def test_start_fails_fast_without_url_or_model() -> None:
+    with pytest.raises(ValueError, match="CHAT2AUDIO_LLM_BASE_URL"):
+        await OpenAIBackend(base_url=None, model="m").start()
+    with pytest.raises(ValueError, match="CHAT2AUDIO_LLM_MODEL"):
+        await OpenAIBackend(base_url="http://127.0.0.1:1/v1", model=None).start()
+    with pytest.raises(ValueError, match="http"):
+        await OpenAIBackend(base_url="127.0.0.1:8000/v1", model="m").start()
+
+
+@pytest.mark.asyncio
+async def test_stream_before_start_is_an_error() -> None:
+    b = OpenAIBackend(base_url="http://127.0.0.1:1/v1", model="m")
+    with pytest.raises(RuntimeError, match="start"):
+        await collect(b)
+
+
+@pytest.mark.asyncio
+async def test_create_from_settings(stub: OpenAIStubServer) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        llm_backend="openai",
+        llm_base_url=stub.base_url + "/",
+        llm_model="from-settings",
+        llm_api_key=API_KEY,
+        llm_timeout_s=7,
+    )
+    b = create_backend(settings)
+    assert isinstance(b, OpenAIBackend) and b.name == "openai"
+    assert isinstance(create(settings), OpenAIBackend)
+    await b.start()
+    try:
+        pieces = await collect(b, options=GenerationOptions())
+    finally:
+        await b.stop()
+    assert "".join(p.text for p in pieces) == DEFAULT_REPLY
+    assert stub.requests[-1].body["model"] == "from-settings"
+    assert stub.requests[-1].path == "/v1/chat/completions"
