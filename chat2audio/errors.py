@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from chat2audio.protocol import ErrorDetail, ErrorResponse
 from chat2audio.pipeline import ReplyTimeout
@@ -97,6 +98,21 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(error.status, error.type, error.message), status_code=error.status, headers=error.headers)
 
 
+def allowed_methods(request: Request) -> set[str]:
+    """Every method served at this request's path, read from the app's OpenAPI paths.
+
+    Starlette's 405 names only the first matching route's methods; a path served by two routes
+    (GET and DELETE /sessions/{id}) needs them all in `Allow`.
+    """
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette serves HEAD wherever it serves GET
+    return methods
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
@@ -121,9 +137,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         type_ = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status_code, "http_error")
-        return JSONResponse(
-            error_body(error.status_code, type_, str(error.detail)), status_code=error.status_code, headers=error.headers
-        )
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
+        return JSONResponse(error_body(error.status_code, type_, str(error.detail)), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -19,7 +19,12 @@ class ChatRequest(BaseModel):
         json_schema_extra={"examples": [{"input": "Hello, who are you?", "speaker": "Aria"}]},
     )
 
-    input: str = Field(min_length=1, description="What the user says to the character.")
+    input: str = Field(
+        min_length=1,
+        description="What the user says to the character: some non-blank text without NUL characters.",
+        # Documents what `_not_blank` enforces (the validator gives the clearer error message).
+        json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
+    )
     speaker: str = Field(min_length=1, max_length=64, description="Speaker id, see GET /speakers.")
     format: Literal["wav", "events", "text"] = Field(
         "wav",
@@ -34,6 +39,14 @@ class ChatRequest(BaseModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Overrides the speaker's reply length cap.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Overrides the LLM sampling temperature.")
+
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        # JSON has one number type: 256.0 is an integer to JSON Schema, so accept it as one.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
     @field_validator("input")
     @classmethod

@@ -179,6 +179,21 @@ def test_speakers_health_and_ready(stream_server):
     assert httpx.get(f"{stream_server.base_url}/ready").status_code == 200
 
 
+def test_a_whole_number_written_as_a_float_is_a_token_count(stream_server):
+    # JSON Schema calls 40.0 an integer; a client serialising every number as a float must not get a 422.
+    response = post(stream_server, {"input": "Hello there.", "speaker": "Low", "max_new_tokens": 40.0, "format": "text"})
+    assert response.status_code == 200
+    for not_a_count in (40.5, "40", True):
+        response = post(stream_server, {"input": "Hello there.", "speaker": "Low", "max_new_tokens": not_a_count})
+        assert response.status_code == 422 and "max_new_tokens" in response.json()["error"]["message"]
+
+
+def test_wrong_method_lists_every_method_the_path_serves(stream_server):
+    response = httpx.request("OPTIONS", f"{stream_server.base_url}/sessions/abc")
+    assert response.status_code == 405 and response.json()["error"]["type"] == "method_not_allowed"
+    assert {"GET", "DELETE"} <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
 def test_unknown_route_is_json_404(stream_server):
     response = httpx.get(f"{stream_server.base_url}/nope")
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
