@@ -1,6 +1,6 @@
 """`python -m bench`: start the real servers on loopback and print markdown tables of
 time-to-first-audio against the physical floor and the original design, overlap, service
-overhead, concurrency and engine speeds. See bench/README.md."""
+overhead, concurrency and engine speeds. See the Benchmarks section of README.md."""
 
 from __future__ import annotations
 
