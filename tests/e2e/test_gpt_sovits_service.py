@@ -57,21 +57,32 @@ def test_gpt_sovits_speaker_answers_with_a_32khz_wav(gsv_env, tmp_path, app):
 
 def test_concurrent_interleaved_voices_each_sound_exactly_as_alone(gsv_env, tmp_path):
     """Two voices with different weights, deterministic sampling: however the requests interleave,
-    each reply is byte for byte the audio that voice makes alone."""
+    each reply is the audio that voice makes alone. Concurrent torch calls on CPU may sum floats in
+    another order, so "the same" allows a few 16-bit steps; a mixed-up voice or reference is
+    thousands of steps away."""
     from concurrent.futures import ThreadPoolExecutor
 
     text = SPOKEN_TEXTS[0]
     with running_server("app_non_stream", gsv_env, tmp_path / "server.log") as server:
 
-        def speak(speaker: str) -> bytes:
+        def speak(speaker: str) -> np.ndarray:
             response = httpx.post(f"{server.base_url}/chat2audio", json={"input": text, "speaker": speaker}, timeout=300)
             assert response.status_code == 200, response.text
-            return response.content
+            samples, rate = soundfile.read(io.BytesIO(response.content), dtype="int16")
+            assert rate == 32000
+            return samples.astype(np.int32)
 
         alone = {speaker: speak(speaker) for speaker in ("Nahida", "Klee")}
-        assert alone["Nahida"] != alone["Klee"]
         order = ["Nahida", "Klee", "Klee", "Nahida"]
         with ThreadPoolExecutor(max_workers=4) as pool:
             together = list(pool.map(speak, order))
+
+    def steps_apart(a: np.ndarray, b: np.ndarray) -> int:
+        if a.size != b.size:
+            return 1 << 16
+        return int(np.abs(a - b).max())
+
+    rounding = 8  # 16-bit steps of float summation-order noise
+    assert steps_apart(alone["Nahida"], alone["Klee"]) > 100 * rounding
     for speaker, audio in zip(order, together):
-        assert audio == alone[speaker], f"{speaker} sounded different next to the other voice"
+        assert steps_apart(audio, alone[speaker]) <= rounding, f"{speaker} sounded different next to the other voice"
