@@ -95,3 +95,8 @@ class Settings(BaseSettings):
         # Relative paths mean relative to the project, never to wherever the server was started.
         value = value.expanduser()
         return value if value.is_absolute() else PROJECT_ROOT / value
+
+    def model_path(self, value: str) -> Path:
+        """A model named in the configuration: a relative path lies under the models dir."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.models_dir / path

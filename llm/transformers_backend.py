@@ -214,9 +214,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def create(settings: Settings) -> TransformersBackend:
-    source = Path(settings.llm_model).expanduser() if settings.llm_model else embedded_gguf_path()
-    if not source.is_absolute():
-        source = settings.models_dir / source
+    source = settings.model_path(settings.llm_model) if settings.llm_model else embedded_gguf_path()
     return TransformersBackend(
         model_source=source,
         cache_dir=settings.cache_dir,

@@ -226,9 +226,7 @@ def _check_whisper_dir(model_dir: Path) -> None:
 
 def create(settings: Settings) -> TransformersSTTBackend:
     """The backend for `CHAT2AUDIO_STT_BACKEND=transformers`, configured from `settings`."""
-    model_dir = Path(settings.stt_model).expanduser() if settings.stt_model else None
-    if model_dir is not None and not model_dir.is_absolute():
-        model_dir = settings.models_dir / model_dir
+    model_dir = settings.model_path(settings.stt_model) if settings.stt_model else None
     return TransformersSTTBackend(
         model_dir=model_dir,
         device=settings.device,

@@ -12,13 +12,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from chat2audio.settings import Settings
 from stt import BACKENDS, create_backend
 from stt.base import STTBackend, STTError, audio_duration, decode_audio
 from stt.openai_backend import OpenAISTTBackend, upload_name
@@ -32,15 +32,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 API_KEY = "sk-stt-SECRET-0123456789"
 
 
-def settings(**overrides: Any) -> SimpleNamespace:
-    """The STT fields of Settings (plus the shared ones the backends read)."""
+def settings(**overrides: Any) -> Settings:
+    """Settings with the STT fields (and the shared ones the backends read) set here, not by the environment."""
     values: dict[str, Any] = dict(
         stt_backend="none", stt_model=None, stt_base_url=None, stt_api_key=None,
         stt_max_audio_seconds=60.0, stt_language=None,
         models_dir=Path("/nonexistent/models"), device="cpu", max_concurrent_requests=4,
     )
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return Settings(_env_file=None, **values)
 
 
 def tone(seconds: float, rate: int, *, channels: int = 1, freq: float = 440.0) -> np.ndarray:
