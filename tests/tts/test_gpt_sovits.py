@@ -224,12 +224,17 @@ async def test_speakers_stay_isolated_under_interleaving(gsv_engine):
         alone[name, text, streaming] = joined(await collect(gsv_engine, text, voices[name], streaming=streaming))
     assert not np.array_equal(alone["TinyA", SHORT, False][:1000], alone["TinyB", SHORT, False][:1000])
 
-    # All at once, A and B alternating: every request must get exactly its own voice's audio.
+    # All at once, A and B alternating: every request must get its own voice's audio. Concurrent
+    # torch calls may sum floats in another order: allow 8 16-bit steps; the voices are far apart.
+    rounding = 8 / 32768
+    assert np.abs(alone["TinyA", SHORT, False][:1000] - alone["TinyB", SHORT, False][:1000]).max() > 100 * rounding
     together = await asyncio.gather(
         *(collect(gsv_engine, text, voices[name], streaming=streaming) for name, text, streaming in jobs)
     )
     for (name, text, streaming), chunks in zip(jobs, together):
-        np.testing.assert_array_equal(joined(chunks), alone[name, text, streaming], err_msg=f"{name} {streaming}")
+        np.testing.assert_allclose(
+            joined(chunks), alone[name, text, streaming], rtol=0, atol=rounding, err_msg=f"{name} {streaming}"
+        )
 
 
 async def test_models_load_once_and_the_cache_is_an_lru(tiny_gsv_models_dir, network_guard):
