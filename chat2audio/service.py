@@ -10,14 +10,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
 import tts
 from chat2audio.errors import InvalidInput, NotReady, Overloaded
 from chat2audio.pipeline import AudioChunk, Reply, speak_reply
 from chat2audio.protocol import ChatRequest
-from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
 from chat2audio.settings import Settings
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig
@@ -79,6 +79,7 @@ class ChatService:
                 max_turns=settings.session_max_turns, ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions
             )
         )
+        self.turn_order = TurnOrder()
         self.ready = False
         self.active_replies = 0
         self.load_error: str | None = None
@@ -147,8 +148,7 @@ class ChatService:
             options = replace(options, max_new_tokens=request.max_new_tokens)
         if request.temperature is not None:
             options = replace(options, temperature=request.temperature)
-        history = await self.sessions.history(speaker.id, request.session_id) if request.session_id else []
-        messages = [*history, ChatMessage("user", request.input)]
+        messages = [ChatMessage("user", request.input)]  # a session's history joins when its turn comes
         if speaker.system_prompt:
             messages.insert(0, ChatMessage("system", speaker.system_prompt))
         rate = engine.sample_rate(speaker.voice) if engine is not None and speaker.voice is not None else 0
@@ -167,8 +167,15 @@ class ChatService:
         )
 
     async def reply_audio(self, prepared: PreparedReply, *, stream_first_sentence: bool) -> AsyncIterator[AudioChunk]:
-        """The reply's audio, holding an admission slot from the first step to the last."""
-        async with self.admission.slot():
+        """The reply's audio, holding an admission slot from the first step to the last and, in a
+        session, the conversation's turn from reading its history to remembering this exchange."""
+        async with AsyncExitStack() as holding:
+            if prepared.session_id:
+                await holding.enter_async_context(self.turn_order.turn(prepared.speaker.id, prepared.session_id))
+                history = await self.sessions.history(prepared.speaker.id, prepared.session_id)
+                *system, user = prepared.messages
+                prepared.messages = [*system, *history, user]
+            await holding.enter_async_context(self.admission.slot())
             self.active_replies += 1
             started = time.perf_counter()
             samples = 0

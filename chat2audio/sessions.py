@@ -7,9 +7,12 @@ this process's memory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +27,33 @@ class SessionStore(Protocol):
     async def forget(self, session_id: str) -> int:
         """Forget the session with every speaker; returns how many conversations were dropped."""
         ...
+
+
+class TurnOrder:
+    """One reply at a time per conversation (in this process): a turn posted while the previous
+    one is still being spoken waits for it, so the LLM sees that exchange. Locks exist only while
+    a conversation has a turn running or waiting."""
+
+    def __init__(self) -> None:
+        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def turn(self, speaker: str, session_id: str) -> AsyncIterator[None]:
+        key = (speaker, session_id)
+        lock, holders = self._turns.get(key, (asyncio.Lock(), 0))
+        self._turns[key] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._turns[key]
+            if holders == 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock, holders - 1)
+
+    def __len__(self) -> int:
+        return len(self._turns)
 
 
 @dataclass

@@ -144,6 +144,32 @@ def test_the_llm_sees_the_conversation_so_far(upstream, upstream_server):
     ]
 
 
+def test_a_turn_sent_while_the_last_one_is_still_speaking_waits_and_sees_it(upstream, upstream_server):
+    """An impatient client posts its next line before the reply has finished: that turn must not
+    race the previous one, or the LLM would answer without the exchange still being spoken."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
+
+    url = f"{upstream_server.base_url}/chat2audio"
+    first = {"input": "你是谁？", "speaker": "Low", "session_id": "overlap-1"}
+    under_way = Event()
+
+    def listen_to_the_first_reply() -> int:
+        with httpx.stream("POST", url, json=first, timeout=60) as speaking:
+            for _ in speaking.iter_raw():
+                under_way.set()
+            return speaking.status_code
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first_reply = pool.submit(listen_to_the_first_reply)
+        assert under_way.wait(30)  # the first reply is audibly under way (its second sentence is not)
+        second = httpx.post(url, json={**first, "input": "我们去哪儿？", "format": "text"}, timeout=60)
+        assert first_reply.result() == 200
+    assert second.status_code == 200
+    messages = [(m["role"], m["content"]) for m in upstream.requests[-1].body["messages"]]
+    assert messages[1:] == [("user", "你是谁？"), ("assistant", "我在这里。我们一起走吧。"), ("user", "我们去哪儿？")]
+
+
 def test_speech_in_another_language_translates_each_sentence_before_tts(upstream, upstream_server):
     response = say(upstream_server, "带我去港口。", "t1", speaker="Traveller", format="events")
     events = events_of(response)
