@@ -1,7 +1,9 @@
-"""Start the real service (uvicorn in a subprocess) on a free loopback port, for end-to-end tests."""
+"""Start the real service (uvicorn in a subprocess) on a free loopback port, for end-to-end tests,
+and read what it says back."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -75,3 +77,19 @@ def running_server(
 def _auth(env: dict[str, str]) -> dict[str, str]:
     key = env.get("CHAT2AUDIO_API_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def events_of(response: httpx.Response) -> list[dict]:
+    """The JSON events of a `format: events|text` reply (its `data:` lines)."""
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def wait_until_idle(server: Server, timeout_s: float = 2.0) -> float:
+    """Seconds until the server reports no reply and no LLM generation running."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        stats = httpx.get(f"{server.base_url}/stats", timeout=5).json()
+        if stats["active_replies"] == 0 and stats["llm_active_generations"] == 0:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"work still running {timeout_s} s after the client left: {stats}")

@@ -4,7 +4,6 @@ than the reply (a per-sentence translation step before TTS)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -12,14 +11,10 @@ import pytest
 
 from tests.e2e.conftest import scripted_env
 from tests.fixtures.openai_stub_server import OpenAIStubServer
-from tests.server import running_server
+from tests.server import events_of, running_server
 from tts.scripted import SAMPLE_RATE, ScriptedTTS
 
 LONG = " ".join(f"This is sentence number {n} of a long reply." for n in range(40))
-
-
-def events_of(response: httpx.Response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
 
 
 @pytest.fixture(scope="module")

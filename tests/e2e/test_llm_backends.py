@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -16,22 +15,8 @@ import soundfile
 from tests.e2e.conftest import scripted_env
 from tests.fixtures.openai_stub_server import OpenAIStubServer
 from tests.fixtures.tiny_qwen2 import build_tiny_qwen2, special_token_ids
-from tests.server import free_port, running_server
+from tests.server import events_of, free_port, running_server, wait_until_idle
 from tts.scripted import SAMPLE_RATE
-
-
-def events_of(response: httpx.Response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
-
-
-def wait_until_no_generation(base_url: str, timeout_s: float = 1.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        stats = httpx.get(f"{base_url}/stats", timeout=5).json()
-        if stats["active_replies"] == 0 and stats["llm_active_generations"] == 0:
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"generation still running {timeout_s} s after the client left: {stats}")
 
 
 # -- transformers on a tiny Qwen2 ------------------------------------------------------------
@@ -87,7 +72,7 @@ def test_dropped_client_stops_generation_within_a_second(qwen_server):
         chunks = response.iter_raw()
         next(chunks)
         assert httpx.get(f"{qwen_server.base_url}/stats").json()["llm_active_generations"] == 1
-    assert wait_until_no_generation(qwen_server.base_url) < 1.0
+    assert wait_until_idle(qwen_server, timeout_s=1.0) < 1.0
 
 
 # -- openai against a real SSE server --------------------------------------------------------

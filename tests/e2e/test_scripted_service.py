@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 from tests.e2e.conftest import TOKEN_DELAY_S
-from tests.server import running_server
+from tests.server import events_of, running_server, wait_until_idle
 from tts.scripted import SAMPLE_RATE, ScriptedTTS
 
 SCRIPT = "The harbour is close by. Follow the lanterns down the hill. The ships wait there for us."
@@ -40,17 +40,6 @@ def non_stream_server(config_dirs, tmp_path_factory):
 
 def post(server, body: dict, timeout: float | httpx.Timeout = 30, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.base_url}/chat2audio", json=body, timeout=timeout, **kwargs)
-
-
-def wait_until_idle(server, timeout_s: float = 2.0) -> float:
-    """Seconds until the server reports no reply and no LLM generation running."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        stats = httpx.get(f"{server.base_url}/stats", timeout=5).json()
-        if stats["active_replies"] == 0 and stats["llm_active_generations"] == 0:
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"work still running {timeout_s} s after the client left: {stats}")
 
 
 def test_stream_arrives_sentence_by_sentence(stream_server):
@@ -101,7 +90,7 @@ def test_events_give_each_sentence_text_with_its_audio(app, stream_server, non_s
     response = post(server, {"input": SCRIPT, "speaker": "Low", "format": "events"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    events = events_of(response)
     assert [e["type"] for e in events] == ["start", "sentence", "sentence", "sentence", "done"]
     assert events[0]["sample_rate"] == SAMPLE_RATE
     sentences = events[1:4]

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import httpx
 import numpy as np
@@ -15,7 +14,7 @@ import soundfile
 from tests.e2e.conftest import scripted_env
 from tests.fixtures.openai_stt_stub import OpenAISTTStub
 from tests.fixtures.tiny_whisper import build_tiny_whisper
-from tests.server import running_server
+from tests.server import events_of, running_server
 
 
 def speech_wav(seconds: float = 1.5, rate: int = 16000) -> bytes:
@@ -24,10 +23,6 @@ def speech_wav(seconds: float = 1.5, rate: int = 16000) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
-
-
-def events_of(response: httpx.Response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
 
 
 def ask_by_voice(server, audio: bytes, **fields) -> httpx.Response:
