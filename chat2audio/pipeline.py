@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,18 +114,10 @@ async def speak_reply(
     sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout.
     """
     started = time.perf_counter()
-    deadline = None if timeout_s is None else started + timeout_s
+    within_deadline = _Deadline(timeout_s)
 
     def elapsed() -> float:
         return time.perf_counter() - started
-
-    async def within_deadline(awaitable):
-        if deadline is None:
-            return await awaitable
-        try:
-            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.perf_counter()))
-        except TimeoutError:
-            raise ReplyTimeout(f"reply took longer than {timeout_s:g} s") from None
 
     written: asyncio.Queue = asyncio.Queue(maxsize=queue_size if overlap else 0)
 
@@ -133,7 +125,11 @@ async def speak_reply(
         splitter = SentenceSplitter(splitter_config)
         try:
             async with aclosing(llm.stream_chat(messages, options)) as pieces:
-                while (piece := await within_deadline(anext(pieces, None))) is not None:
+                while True:
+                    async with within_deadline():
+                        piece = await anext(pieces, None)
+                    if piece is None:
+                        break
                     if piece.text and reply.timings.first_text is None:
                         reply.timings.first_text = elapsed()
                     reply.raw_text += piece.text
@@ -160,7 +156,8 @@ async def speak_reply(
             await asyncio.shield(stages[0])
         index = 0
         while True:
-            item = await within_deadline(to_speak.get())
+            async with within_deadline():
+                item = await to_speak.get()
             if item is _END:
                 break
             if isinstance(item, _Failed):
@@ -173,7 +170,11 @@ async def speak_reply(
             if tts is not None:
                 streaming = stream_first_sentence and index == 0
                 async with aclosing(tts.synthesize(speech, voice, streaming=streaming)) as chunks:
-                    while (audio := await within_deadline(anext(chunks, None))) is not None:
+                    while True:
+                        async with within_deadline():
+                            audio = await anext(chunks, None)
+                        if audio is None:
+                            break
                         if reply.timings.first_audio is None:
                             reply.timings.first_audio = elapsed()
                         yield AudioChunk(index, text, audio, sentence_done=False, speech=speech)
@@ -181,12 +182,48 @@ async def speak_reply(
             yield AudioChunk(index, text, _NO_AUDIO, sentence_done=True, speech=speech)
             index += 1
     finally:
-        for stage in stages:
-            stage.cancel()
-        await asyncio.gather(*stages, return_exceptions=True)
+        await _stop_stages(stages, [written, to_speak])
 
 
-async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, translate: Translator, within_deadline) -> None:
+class _Deadline:
+    """`async with deadline():` bounds one await by the reply's overall deadline.
+
+    Built on `asyncio.timeout`, which (unlike `asyncio.wait_for` on Python 3.11) never swallows a
+    cancellation that lands just as the awaited item arrives: a cancelled stage really stops.
+    """
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self._at = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout_at(self._at):
+                yield
+        except TimeoutError:
+            raise ReplyTimeout(f"reply took longer than {self.timeout_s:g} s") from None
+
+
+async def _stop_stages(stages: list[asyncio.Task], queues: list[asyncio.Queue]) -> None:
+    """Cancel the stages and wait until they have ended.
+
+    A stage blocked on a full queue whose reader has gone must not outlive the reply, so the
+    queues are drained while waiting (a stage ignores no cancellation, but this costs nothing).
+    """
+    for stage in stages:
+        stage.cancel()
+    while pending := [stage for stage in stages if not stage.done()]:
+        for queue in queues:
+            while not queue.empty():
+                queue.get_nowait()
+        await asyncio.wait(pending, timeout=0.1)
+    for stage in stages:
+        if not stage.cancelled():
+            stage.exception()  # retrieved: a stage's failure was already handed to the reader
+
+
+async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, translate: Translator, within_deadline: _Deadline) -> None:
     """Sentences in, (sentence, its translation) out; failures and the end are passed on."""
     while True:
         item = await source.get()
@@ -196,7 +233,8 @@ async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, transla
         if not is_speakable(item):
             continue
         try:
-            translation = (await within_deadline(translate(item))).strip()
+            async with within_deadline():
+                translation = (await translate(item)).strip()
         except asyncio.CancelledError:
             raise
         except Exception as error:

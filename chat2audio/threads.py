@@ -14,19 +14,31 @@ _DONE = object()
 Producer = Callable[[Callable[[T], bool], threading.Event], None]
 
 
-async def stream_from_thread(produce: Producer, *, executor: Executor | None = None) -> AsyncIterator[T]:
+# Generous on purpose: a paused producer keeps its worker thread (and, for a one-thread model, every
+# other request) waiting, so normal replies (a few hundred tokens) never pause; a runaway one does.
+MAX_BUFFERED_ITEMS = 256
+
+
+async def stream_from_thread(
+    produce: Producer, *, executor: Executor | None = None, max_buffered: int = MAX_BUFFERED_ITEMS
+) -> AsyncIterator[T]:
     """Run `produce(emit, cancelled)` on a worker thread and yield what it emits, in order.
 
     `emit(item)` returns False once the consumer has gone, and `cancelled` is set at the same
-    moment, so the producer can stop between steps. When the consumer closes this iterator
+    moment, so the producer can stop between steps. `emit` blocks while `max_buffered` items
+    wait unread, so a slow reader throttles the producer. When the consumer closes this iterator
     (or its task is cancelled), the iterator returns only after the producer has finished:
     no model work outlives the request that asked for it.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     cancelled = threading.Event()
+    credits = threading.Semaphore(max_buffered)
 
     def emit(item: T) -> bool:
+        while not credits.acquire(timeout=0.05):
+            if cancelled.is_set():
+                return False
         if cancelled.is_set():
             return False
         loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -50,6 +62,7 @@ async def stream_from_thread(produce: Producer, *, executor: Executor | None = N
                 break
             if isinstance(item, _Failure):
                 raise item.error
+            credits.release()
             yield item
     finally:
         cancelled.set()
