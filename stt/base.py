@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from fractions import Fraction
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -13,6 +14,17 @@ log = logging.getLogger(__name__)
 
 # Below this, an upload is not speech audio but a mislabelled file (and resampling it is absurd).
 MIN_SAMPLE_RATE = 4000
+# Above this (the highest rate studio formats use), the decoded mono track alone would outgrow
+# `max_seconds` of ordinary audio many times over; nothing a microphone sends needs more.
+MAX_SAMPLE_RATE = 384000
+# Samples (frames × channels) decoded per read: the only multichannel buffer, 2 MiB of float32,
+# however many channels the file has. A whole 20 s, 8-channel, 192 kHz FLAC of silence is 30 KiB
+# on the wire but 117 MiB as float32, so the file is never held undownmixed.
+BLOCK_SAMPLES = 1 << 19
+# torchaudio's resampler builds a sinc kernel of about p × q floats for the reduced ratio
+# p/q = rate/target: standard rates reduce to small terms (44.1 kHz → 16 kHz is 441/160), but a
+# rate sharing few factors with the target explodes it (44101 Hz → 16 kHz: 11 GiB and 30 s).
+MAX_RESAMPLE_KERNEL = 1 << 20
 
 
 class STTError(Exception):
@@ -68,8 +80,9 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
     """Decode a WAV/FLAC/OGG/MP3 file to float32 mono at `target_rate`.
 
     Raises STTError(422) naming the problem when the bytes are not audio, hold no samples, or
-    last longer than `max_seconds`. Never reads more than `max_seconds` (plus one frame), so a
-    header that lies about its length costs nothing.
+    last longer than `max_seconds`. Never reads more than `max_seconds` (plus one frame) and never
+    holds more than one block of the channels, so a header that lies about its length, or a tiny
+    file of many channels at a high rate, costs at most `max_seconds` of mono audio.
     """
     if not data:
         raise STTError("the audio upload is empty (0 bytes)", status=422)
@@ -77,16 +90,12 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             rate = f.samplerate
-            if rate < MIN_SAMPLE_RATE:
-                raise STTError(
-                    f"the audio's sample rate ({rate} Hz) is too low for speech; use at least {MIN_SAMPLE_RATE} Hz",
-                    status=422,
-                )
+            _check_rate(rate)
             limit = int(max_seconds * rate)
             header_frames = f.frames
             # Compressed formats may not know their length up front: read one frame past the
             # limit and judge by what came out.
-            samples = f.read(frames=limit + 1, dtype="float32", always_2d=True)
+            mono = _read_mono(f, limit + 1)
     except STTError:
         raise
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
@@ -94,22 +103,68 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
         raise STTError(
             "could not decode the audio: send a WAV, FLAC, OGG (Vorbis/Opus) or MP3 file", status=422
         ) from None
-    if len(samples) > limit:
+    if len(mono) > limit:
         length = f"{header_frames / rate:.1f} s long" if header_frames > limit else f"longer than {max_seconds:g} s"
         raise STTError(f"the audio is too long: {length}; the limit is {max_seconds:g} s", status=422)
-    if len(samples) == 0:
+    if len(mono) == 0:
         raise STTError("the audio holds no samples (0 s long)", status=422)
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.isfinite(mono).all():
+    # min/max propagate NaN and reach ±inf without a temporary the size of the track.
+    if not (np.isfinite(mono.min()) and np.isfinite(mono.max())):
         raise STTError("the audio contains invalid samples (NaN or infinity)", status=422)
     if rate != target_rate:
         mono = _resample(mono, rate, target_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def _check_rate(rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise STTError(
+            f"the audio's sample rate ({rate} Hz) is too low for speech; use at least {MIN_SAMPLE_RATE} Hz", status=422
+        )
+    if rate > MAX_SAMPLE_RATE:
+        raise STTError(
+            f"the audio's sample rate ({rate} Hz) is too high; use at most {MAX_SAMPLE_RATE} Hz", status=422
+        )
+
+
+def _read_mono(f, max_frames: int) -> np.ndarray:
+    """Up to `max_frames` frames of the open SoundFile `f` as float32 mono.
+
+    Each block is downmixed as it arrives, so memory peaks at one block plus the mono result, never
+    at frames × channels.
+    """
+    block = np.empty((max(1, BLOCK_SAMPLES // f.channels), f.channels), np.float32)
+    # Sized by the header, so an honest file is written in place; a header claiming more than the
+    # limit gets the limit (the cost of a genuine file that long), and an under-claim grows it.
+    mono = np.empty(min(max(f.frames, 0), max_frames), np.float32)
+    total = 0
+    while total < max_frames:
+        got = f.read(frames=min(len(block), max_frames - total), dtype="float32", always_2d=True, out=block)
+        if len(got) == 0:
+            break
+        end = total + len(got)
+        if end > len(mono):
+            mono = np.concatenate([mono[:total], np.empty(min(max_frames, 2 * end) - total, np.float32)])
+        np.mean(got, axis=1, dtype=np.float32, out=mono[total:end])
+        total = end
+    return mono[:total]
+
+
 def _resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     import torch
     from torchaudio.functional import resample
 
+    orig, new = _resample_ratio(rate, target_rate)
     with torch.inference_mode():
-        return resample(torch.from_numpy(np.ascontiguousarray(samples)), rate, target_rate).numpy()
+        return resample(torch.from_numpy(np.ascontiguousarray(samples)), orig, new).numpy()
+
+
+def _resample_ratio(rate: int, target_rate: int) -> tuple[int, int]:
+    """`rate / target_rate` as (p, q), exact when p × q fits MAX_RESAMPLE_KERNEL, else the closest
+    fraction that does: off by under 0.1 % in pitch and length for any rate we accept, which no
+    recogniser notices, where the exact ratio of an odd rate could cost gigabytes.
+    """
+    exact = ratio = Fraction(rate, target_rate)
+    while ratio.numerator * ratio.denominator > MAX_RESAMPLE_KERNEL and ratio.denominator > 1:
+        ratio = exact.limit_denominator(ratio.denominator // 2)
+    return ratio.numerator, ratio.denominator
