@@ -2,7 +2,8 @@
 
 Read once at start-up. A broken file makes that one speaker unavailable, with the file and field
 named; it never takes the others down. Requests look speakers up by id in a dict, so nothing a
-client sends is ever used to build a path.
+client sends is ever used to build a path. Whether a voice works is asked of its engine again on
+every lookup: a voice file can fail to load at request time, and be fixed, while the service runs.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ class SpeakerRegistry:
     """All speakers, their engines, and whether each can speak right now."""
 
     def __init__(self, speakers: dict[str, Speaker], engines: dict[str, TTSEngine]) -> None:
+        self._parsed = dict(speakers)  # as read from the files, before any engine had its say
         self._speakers = speakers
         self.engines = engines
+        self._models_dir: Path | None = None
 
     @classmethod
     def scan(cls, speakers_dir: Path, prompts_dir: Path) -> SpeakerRegistry:
@@ -168,6 +171,7 @@ class SpeakerRegistry:
         An engine that was built but failed to start still names each speaker's missing files."""
         failed = failed or {}
         self.engines = engines
+        self._models_dir = models_dir
         for speaker_id, speaker in list(self._speakers.items()):
             if speaker.voice is None or speaker.engine is None:
                 continue
@@ -186,7 +190,7 @@ class SpeakerRegistry:
                 log.warning("speaker %s unavailable: %s", speaker_id, speaker.reason)
 
     def all(self) -> list[Speaker]:
-        return list(self._speakers.values())
+        return [self._current(speaker) for speaker in self._speakers.values()]
 
     def get(self, speaker_id: str, *, needs_voice: bool = True) -> Speaker:
         """The speaker, ready to speak (or just to chat); 404 if unknown, 503 with the reason if
@@ -195,8 +199,27 @@ class SpeakerRegistry:
         if speaker is None:
             known = ", ".join(sorted(self._speakers)) or "(none)"
             raise UnknownSpeaker(f"unknown speaker {speaker_id[:64]!r}; known speakers: {known}")
+        speaker = self._current(speaker)
         if not (speaker.available if needs_voice else speaker.can_chat):
             raise SpeakerUnavailable(f"speaker {speaker_id!r} is unavailable: {speaker.reason}")
+        return speaker
+
+    def _current(self, speaker: Speaker) -> Speaker:
+        """The speaker with its started engine's verdict on the voice taken now (a few stat calls):
+        a voice that failed to load at request time shows as unavailable, a fixed one as available."""
+        engine = self.engines.get(speaker.engine or "")
+        if engine is None or speaker.voice is None or self._models_dir is None:
+            return speaker  # no started engine: nothing can change until the next start-up
+        parsed = self._parsed[speaker.id].voice_problems
+        problems = parsed + tuple(engine.check_voice(speaker.voice, self._models_dir))
+        if problems == speaker.voice_problems:
+            return speaker
+        speaker = replace(speaker, voice_problems=problems)
+        self._speakers[speaker.id] = speaker
+        if speaker.available:
+            log.info("speaker %s is available again", speaker.id)
+        else:
+            log.warning("speaker %s unavailable: %s", speaker.id, speaker.reason)
         return speaker
 
     def engine_for(self, speaker: Speaker) -> TTSEngine:

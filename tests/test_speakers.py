@@ -79,6 +79,50 @@ def test_engine_problems_and_missing_files_make_speakers_unavailable(dirs):
     assert reason_of(registry, "Good") == "engine 'scripted' is not installed"
 
 
+class VoiceTroubleTTS(ScriptedTTS):
+    """A scripted engine whose verdict on voices can change while the service runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+        self.checks = 0
+
+    def check_voice(self, voice, models_dir):
+        self.checks += 1
+        return list(self.problems)
+
+
+def test_voice_problems_found_after_start_up_show_in_lookups_and_clear_when_fixed(dirs):
+    write(dirs[0], "BadVoice.toml", 'engine = "scripted"\n[voice]\nfrequency_hz = "high"\n')
+    write(dirs[1], "BadVoice.md", "prompt")
+    registry = SpeakerRegistry.scan(*dirs)
+    engine = VoiceTroubleTTS()
+    registry.attach_engines({"scripted": engine}, {}, dirs[0])
+    assert registry.get("Good").available
+
+    engine.problems = ["voice file x.ckpt could not be loaded (not a checkpoint)"]  # failed at request time
+    with pytest.raises(SpeakerUnavailable, match=r"could not be loaded \(not a checkpoint\)"):
+        registry.get("Good")
+    assert reason_of(registry, "Good") == "voice file x.ckpt could not be loaded (not a checkpoint)"
+    assert registry.get("Good", needs_voice=False).can_chat  # text-only replies still work
+
+    engine.problems = []  # the file was fixed
+    assert registry.get("Good").available and reason_of(registry, "Good") == ""
+    assert "BadVoice.toml: field voice.frequency_hz" in reason_of(registry, "BadVoice")  # parse problems stay
+
+
+def test_speakers_of_engines_that_did_not_start_are_not_rechecked(dirs):
+    registry = SpeakerRegistry.scan(*dirs)
+    engine = VoiceTroubleTTS()
+    problems = {"scripted": "engine 'scripted' failed to start: boom"}
+    registry.attach_engines({}, problems, dirs[0], failed={"scripted": engine})
+    checks = engine.checks
+    assert reason_of(registry, "Good") == "engine 'scripted' failed to start: boom"
+    with pytest.raises(SpeakerUnavailable):
+        registry.get("Good")
+    assert engine.checks == checks
+
+
 def test_unknown_speaker_lists_the_known_ones(dirs):
     write(dirs[0], "Other.toml", GOOD)
     write(dirs[1], "Other.md", "You are Other.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -34,6 +36,7 @@ class TTSEngine(Protocol):
 
     An engine owns its models and its own concurrency (engines that are not thread-safe
     serialize internally). Closing the iterator early must stop the work promptly.
+    An engine that caches voices may also implement `HoldsVoices`; callers use `hold_voice`.
     """
 
     name: ClassVar[str]
@@ -54,3 +57,20 @@ class TTSEngine(Protocol):
     ) -> AsyncIterator[np.ndarray]:
         """Audio for `text`. With `streaming`, yield the first chunk as early as possible."""
         ...
+
+
+@runtime_checkable
+class HoldsVoices(Protocol):
+    """Optional engine hook, kept out of `TTSEngine` so engines without a voice cache need nothing."""
+
+    def reply_voice(self, voice: VoiceParams) -> AbstractAsyncContextManager[None]:
+        """Keep `voice` loaded while the context is open (one reply), whatever other voices speak."""
+        ...
+
+
+def hold_voice(engine: TTSEngine | None, voice: VoiceParams | None) -> AbstractAsyncContextManager[None]:
+    """`async with hold_voice(engine, voice):` around one reply. A no-op for engines without the
+    hook and for text-only replies (no engine or no voice)."""
+    if voice is None or not isinstance(engine, HoldsVoices):
+        return contextlib.nullcontext()
+    return engine.reply_voice(voice)

@@ -18,8 +18,8 @@ import re
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -108,7 +108,8 @@ class EngineStats:
 
     gpt_loads: int = 0
     sovits_loads: int = 0
-    voice_preparations: int = 0
+    voice_loads: int = 0  # voices not in the cache that were loaded or tried (failures included)
+    voice_preparations: int = 0  # voices loaded successfully
     evictions: int = 0
     completed: int = 0
     cancelled: int = 0
@@ -125,6 +126,37 @@ class _Voice:
     sovits_key: str
     ref_phones: int
     prompt_tokens: int
+
+
+# (inode, size, mtime) of each voice file, None if missing: a change means the voice is worth another try.
+_Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+def _voice_files(voice: GPTSoVITSVoice, models_dir: Path) -> dict[str, Path]:
+    return {name: models_dir / relative for name, relative in zip(("gpt", "sovits", "ref"), voice.model_files())}
+
+
+def _voice_key(voice: GPTSoVITSVoice, models_dir: Path) -> str:
+    """The voice's entry in the engine's caches: what its prepared features depend on."""
+    paths = _voice_files(voice, models_dir).values()
+    identity = "\n".join([*(str(path) for path in paths), voice.ref_language, voice.ref_text])
+    return "voice:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def _signature(paths: list[Path]) -> _Signature:
+    def one(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    return tuple(one(path) for path in paths)
+
+
+def _transient(error: BaseException) -> bool:
+    """Failures that say nothing about the files (out of memory, I/O): worth retrying as they are."""
+    return isinstance(error, (MemoryError, OSError)) or type(error).__name__ == "OutOfMemoryError"
 
 
 class _Cancelled(Exception):
@@ -191,7 +223,11 @@ class _GenerationGuard:
 
 
 class GPTSoVITSEngine:
-    """Synthesizes GPT-SoVITS voices on one worker thread, with an LRU of prepared voices."""
+    """Synthesizes GPT-SoVITS voices on one worker thread, with an LRU of prepared voices.
+
+    `cache_size` bounds the idle voices; a voice held by a running reply (`reply_voice`) is never
+    evicted, so replies in more voices than the cache holds do not reload weights per sentence.
+    """
 
     name: ClassVar[str] = "gpt-sovits"
     voice_model: ClassVar[type[VoiceParams]] = GPTSoVITSVoice
@@ -225,6 +261,13 @@ class GPTSoVITSEngine:
         self._tts: Any = None
         self._voices: OrderedDict[str, _Voice] = OrderedDict()
         self._hooks: dict[str, list[Any]] = {}
+        # Voice key → replies holding it. Changed on the event loop, read by the worker: hence the lock.
+        self._holds: Counter[str] = Counter()
+        self._holds_lock = threading.Lock()
+        # Voice key → (its files' signature, why it failed): a broken voice fails fast until a file
+        # changes. Written by the worker, read by check_voice on the event loop; single dict
+        # operations are atomic under the GIL.
+        self._failures: dict[str, tuple[_Signature, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -238,7 +281,8 @@ class GPTSoVITSEngine:
     async def stop(self) -> None:
         if self._tts is not None:
             await self._run(self._release)
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        # A synthesis in progress finishes on its thread; the event loop does not wait for it.
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
 
     def sample_rate(self, voice: VoiceParams) -> int:
         return SAMPLE_RATE
@@ -253,7 +297,27 @@ class GPTSoVITSEngine:
         ]
         if not voice.ref_text.strip():
             problems.append("ref_text is empty: write what ref_audio says")
+        failure = self._remembered_failure(voice, models_dir)  # it failed to load at request time
+        if failure:
+            problems.append(failure)
         return problems + self._base_problems((voice.ref_language, voice.target_language), models_dir)
+
+    @contextlib.asynccontextmanager
+    async def reply_voice(self, voice: VoiceParams) -> AsyncIterator[None]:
+        """Hold `voice` loaded for one reply: it is prepared by its first sentence and not evicted
+        before the reply ends, however many other voices speak in between."""
+        assert isinstance(voice, GPTSoVITSVoice)
+        key = _voice_key(voice, self.models_dir)
+        with self._holds_lock:
+            self._holds[key] += 1
+        try:
+            yield
+        finally:
+            with self._holds_lock:
+                self._holds[key] -= 1
+                if not self._holds[key]:
+                    del self._holds[key]
+            self._trim_later()
 
     async def synthesize(self, text: str, voice: VoiceParams, *, streaming: bool = False) -> AsyncIterator[np.ndarray]:
         assert isinstance(voice, GPTSoVITSVoice)
@@ -274,6 +338,15 @@ class GPTSoVITSEngine:
                 yield chunk
 
     # -- checks (any thread) ---------------------------------------------------------------------
+
+    def _remembered_failure(self, voice: GPTSoVITSVoice, models_dir: Path) -> str | None:
+        """Why this voice failed to load, while its files are the ones that failed."""
+        key = _voice_key(voice, models_dir)
+        remembered = self._failures.get(key)
+        if remembered is None:
+            return None
+        signature, reason = remembered
+        return reason if signature == _signature(list(_voice_files(voice, models_dir).values())) else None
 
     def _base_problems(self, languages, models_dir: Path | None = None) -> list[str]:
         root = models_dir or self.models_dir
@@ -412,42 +485,51 @@ class GPTSoVITSEngine:
 
     def _prepare(self, voice: GPTSoVITSVoice) -> _Voice:
         """The voice's models and reference features, loaded once and kept in an LRU."""
-        paths = {
-            name: (self.models_dir / relative) for name, relative in zip(("gpt", "sovits", "ref"), voice.model_files())
-        }
-        identity = "\n".join([*(str(path) for path in paths.values()), voice.ref_language, voice.ref_text])
-        key = "voice:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+        key = _voice_key(voice, self.models_dir)
         if key in self._voices:
             self._voices.move_to_end(key)
             return self._voices[key]
+        failure = self._remembered_failure(voice, self.models_dir)
+        if failure:  # loading it again would fail again, slowly: the files have not changed
+            raise TTSError(failure, status=503)
+        paths = _voice_files(voice, self.models_dir)
         for name, relative in zip(paths, voice.model_files()):
             if not paths[name].exists():
                 raise TTSError(f"missing {relative} in the models dir", status=503)
+        self.stats.voice_loads += 1
+        # Taken before loading: a file replaced while it loads gets another try.
+        signature = _signature(list(paths.values()))
+        prepared = self._load_voice(voice, key, paths, signature)
+        self._failures.pop(key, None)
+        self._voices[key] = prepared
+        self.stats.voice_preparations += 1
+        self._trim()
+        return prepared
+
+    @contextlib.contextmanager
+    def _loading(self, key: str, signature: _Signature, reason: str, keys: tuple[str, str]) -> Iterator[None]:
+        """One step of loading a voice. On failure: free what it loaded, remember why (unless the
+        cause is transient), and answer 503 with a reason naming only paths inside the models dir."""
+        try:
+            yield
+        except Exception as error:
+            log.exception("GPT-SoVITS voice unusable: %s", reason)
+            self._unload_unused(*keys)
+            if not _transient(error):
+                self._failures[key] = (signature, reason)
+            raise TTSError(reason, status=503) from error
+
+    def _load_voice(self, voice: GPTSoVITSVoice, key: str, paths: dict[str, Path], signature: _Signature) -> _Voice:
         import torch
 
         tts = self._tts
-        gpt_key, sovits_key = str(paths["gpt"]), str(paths["sovits"])
-        try:
-            if gpt_key not in tts.gpt_models:
-                tts.load_gpt_model(gpt_key)
-                self._hooks[gpt_key] = self._guard.attach(tts.gpt_models[gpt_key].t2s_model)
-                self.stats.gpt_loads += 1
-            if sovits_key not in tts.sovits_models:
-                with warnings.catch_warnings():  # gsv_tts builds the decoder with the deprecated weight_norm
-                    warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
-                    tts.load_sovits_model(sovits_key)
-                self.stats.sovits_loads += 1
-        except Exception as error:
-            log.exception("could not load GPT-SoVITS weights %s / %s", voice.gpt_model, voice.sovits_model)
-            self._unload_unused(gpt_key, sovits_key)
-            raise TTSError(f"could not load {voice.gpt_model} / {voice.sovits_model}", status=503) from error
+        keys = gpt_key, sovits_key = str(paths["gpt"]), str(paths["sovits"])
+        with self._loading(key, signature, _unloadable(voice.gpt_model, "not a GPT-SoVITS checkpoint"), keys):
+            self._load_gpt(gpt_key)
+        with self._loading(key, signature, _unloadable(voice.sovits_model, "not a GPT-SoVITS v2 model"), keys):
+            self._load_sovits(sovits_key)
         sovits = tts.sovits_models[sovits_key]
-        ref_text = voice.ref_text.strip()
-        if ref_text and not ref_text.endswith(_PAUSE_END):
-            ref_text += "." if voice.ref_language == "en" else "。"  # as GPT-SoVITS itself does
-        from gsv_tts.TextProcessor import get_phones_and_bert
-
-        try:
+        with self._loading(key, signature, _unloadable(voice.ref_audio, "not a readable audio clip"), keys):
             with torch.inference_mode():
                 # The semantic prompt comes from this voice's own SoVITS quantizer (gsv_tts would use
                 # whichever SoVITS it loaded first, and key it by the audio path alone).
@@ -455,25 +537,44 @@ class GPTSoVITSEngine:
                 spectrum, audio_16k = tts._get_spec(sovits.hps, str(paths["ref"]))
                 sv_embedding = tts.sv_model.compute_embedding3(audio_16k)
                 ge = sovits.vq_model.get_ge(spectrum, sv_embedding)
-        except Exception as error:
-            self._unload_unused(gpt_key, sovits_key)
-            log.exception("could not read the reference clip %s", voice.ref_audio)
-            raise TTSError(f"could not read the reference clip {voice.ref_audio}", status=503) from error
-        try:
+        from gsv_tts.TextProcessor import get_phones_and_bert
+
+        with self._loading(key, signature, "could not turn ref_text into phonemes", keys):
             with torch.inference_mode():
-                phones1, _, bert1, _ = get_phones_and_bert(ref_text, tts.tts_config, voice.ref_language)
-        except Exception as error:
-            self._unload_unused(gpt_key, sovits_key)
-            log.exception("could not phonemize the ref_text of %s", voice.ref_audio)
-            raise TTSError("could not turn ref_text into phonemes", status=503) from error
+                phones1, _, bert1, _ = get_phones_and_bert(_with_final_pause(voice), tts.tts_config, voice.ref_language)
         tts.prompt_audio_cache[key] = {"prompt": prompt, "phones1": phones1, "bert1": bert1}
         tts.spk_audio_cache[key] = {"ge": {sovits_key: ge}, "sv_emb": sv_embedding}
-        prepared = _Voice(key, gpt_key, sovits_key, ref_phones=len(phones1), prompt_tokens=int(prompt.shape[-1]))
-        self._voices[key] = prepared
-        self.stats.voice_preparations += 1
-        while len(self._voices) > self.cache_size:
-            self._evict(next(iter(self._voices)))
-        return prepared
+        return _Voice(key, gpt_key, sovits_key, ref_phones=len(phones1), prompt_tokens=int(prompt.shape[-1]))
+
+    def _load_gpt(self, gpt_key: str) -> None:
+        tts = self._tts
+        if gpt_key not in tts.gpt_models:
+            tts.load_gpt_model(gpt_key)
+            self._hooks[gpt_key] = self._guard.attach(tts.gpt_models[gpt_key].t2s_model)
+            self.stats.gpt_loads += 1
+
+    def _load_sovits(self, sovits_key: str) -> None:
+        tts = self._tts
+        if sovits_key not in tts.sovits_models:
+            with warnings.catch_warnings():  # gsv_tts builds the decoder with the deprecated weight_norm
+                warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
+                tts.load_sovits_model(sovits_key)
+            self.stats.sovits_loads += 1
+
+    def _trim(self) -> None:
+        """Evict the least recently used idle voices beyond `cache_size`; held voices stay."""
+        if self._tts is None:
+            return
+        with self._holds_lock:
+            held = set(self._holds)
+        idle = [key for key in self._voices if key not in held]
+        for key in idle[: max(0, len(idle) - self.cache_size)]:
+            self._evict(key)
+
+    def _trim_later(self) -> None:
+        """Trim on the worker (it owns the models), after whatever it is doing; not once stopped."""
+        with contextlib.suppress(RuntimeError):  # the worker has shut down: stop() freed everything
+            self._worker.submit(self._trim)
 
     def _evict(self, key: str) -> None:
         tts, voice = self._tts, self._voices.pop(key)
@@ -491,6 +592,17 @@ class GPTSoVITSEngine:
             tts.unload_gpt_model(gpt_key)
         if sovits_key in tts.sovits_models and all(v.sovits_key != sovits_key for v in self._voices.values()):
             tts.unload_sovits_model(sovits_key)
+
+
+def _unloadable(relative: str, why: str) -> str:
+    return f"voice file {relative} could not be loaded ({why})"
+
+
+def _with_final_pause(voice: GPTSoVITSVoice) -> str:
+    ref_text = voice.ref_text.strip()
+    if ref_text and not ref_text.endswith(_PAUSE_END):
+        ref_text += "." if voice.ref_language == "en" else "。"  # as GPT-SoVITS itself does
+    return ref_text
 
 
 def _as_audio(samples: np.ndarray) -> np.ndarray:
