@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 
 import jieba
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chat2audio.splitter import (
+    BRACKETS,
+    CLOSERS,
+    SENTENCE_ENDS,
     UNSPOKEN_SPANS,
     SentenceSplitter,
     SplitterConfig,
+    ends_sentence,
     is_dropped_char,
+    speakable_text,
     speech_weight,
 )
 
@@ -21,6 +26,12 @@ def split(*pieces: str, config: SplitterConfig | None = None, drop_incomplete: b
     splitter = SentenceSplitter(config)
     sentences = [s for piece in pieces for s in splitter.feed(piece)]
     return sentences + splitter.finish(drop_incomplete=drop_incomplete)
+
+
+def emitted_before_finish(text: str, config: SplitterConfig | None = None) -> list[str]:
+    """The sentences out while the text streams in one character at a time, before finish()."""
+    splitter = SentenceSplitter(config)
+    return [s for ch in text for s in splitter.feed(ch)]
 
 
 def test_chinese_sentences_split_at_cjk_punctuation():
@@ -79,14 +90,26 @@ def test_eager_end_emits_without_waiting_for_the_next_piece():
     splitter = SentenceSplitter()
     assert splitter.feed("你好呀，旅行者！") == ["你好呀，旅行者！"]
     assert splitter.feed("Well then, who are you?") == ["Well then, who are you?"]
-    assert splitter.feed("The harbour is near.") == ["The harbour is near."]
-    assert splitter.feed("It costs 3.") == []  # "." may be "3.14": wait for the next piece
-    assert splitter.feed("14 coins, said Mr.") == []  # "Mr." is no sentence end
-    assert splitter.feed(" Smith.") == ["It costs 3.14 coins, said Mr. Smith."]
+    assert splitter.feed(" The harbour is near.") == []  # "." may be "near.com": wait for the next piece
+    assert splitter.feed(" It costs 3.") == ["The harbour is near."]
+    assert splitter.feed("14 coins, said Mr.") == []  # "3." may be "3.14"; "Mr." is no sentence end
+    assert splitter.feed(" Smith!") == ["It costs 3.14 coins, said Mr. Smith!"]
     lazy = SentenceSplitter(SplitterConfig(eager_ends=False))
     assert lazy.feed("你好呀，旅行者！") == []
     assert lazy.feed("”") == []
     assert lazy.finish() == ["你好呀，旅行者！”"]
+
+
+def test_eager_end_waits_where_the_next_character_could_change_the_sentence():
+    splitter = SentenceSplitter()
+    assert splitter.feed("他说：“你好呀。") == []  # a quote is open: its closer may come next
+    assert splitter.feed("”") == []
+    assert splitter.feed("然后就走了…") == ["他说：“你好呀。”"]  # "…" may be the first of "……"
+    assert splitter.feed("…") == []
+    assert splitter.feed("好吧，我们走吧！") == ["然后就走了……", "好吧，我们走吧！"]
+    assert splitter.feed(" Open example.com/search?") == []  # "?q=1" may follow
+    assert splitter.feed("q=1 now, my friend.") == []
+    assert splitter.finish() == ["Open example.com/search?q=1 now, my friend."]
 
 
 def test_unspoken_span_may_straddle_pieces():
@@ -146,37 +169,192 @@ def test_over_long_chinese_run_is_cut_between_jieba_words():
         assert offset in boundaries, f"cut inside a word after {sentence!r}"
 
 
+# -- markup that is no stage direction ------------------------------------------------------
+
+
+def test_markdown_bullets_are_dropped_not_taken_for_actions():
+    text = "Options:\n* apples and pears\n* plums and figs\n  * cherries\n- dates\n+ limes"
+    assert split(text) == ["Options:", "apples and pears", "plums and figs", "cherries dates", "limes"]
+    assert split("*waves* Hi there! **Bold** words, *grins* all true.") == ["Hi there!", "Bold words, all true."]
+
+
+def test_asterisk_between_operands_is_spoken_as_times():
+    assert split("2*3 and 4*5 are small products.") == ["2 times 3 and 4 times 5 are small products."]
+    assert split("Sure! 5 * 3 = 15. That is the answer.") == ["Sure! 5 times 3 equals 15.", "That is the answer."]
+    assert split("没错，2*3等于6。") == ["没错，2乘3等于6。"]
+    assert split("你好*挥手*我们走吧。x*y") == ["你好我们走吧。", "x times y"]
+
+
+def test_unclosed_bracket_or_asterisk_holds_back_one_sentence_at_most():
+    assert emitted_before_finish("Sure! 5 * 3 = 15. That is the answer.") == ["Sure! 5 times 3 equals 15."]
+    for opener in ["(", "（", "[", "【", "*", "<"]:
+        text = f"I think {opener}maybe so. Then we go home now. Ok?"
+        assert emitted_before_finish(text) == ["I think maybe so.", "Then we go home now."], opener
+    assert split("我觉得（也许吧。我们回家吧。") == ["我觉得也许吧。", "我们回家吧。"]
+    assert split("A note (one\nline) here.") == ["A note one", "line here."]  # a newline ends it too
+
+
+def test_bracketed_numbers_are_spoken_and_bracketed_words_are_not():
+    assert split("The list is [1, 2, 3] and the version (3.11) is new.") == [
+        "The list is 1, 2, 3 and the version 3.11 is new."
+    ]
+    assert split("We won [laughs] the cup (again).") == ["We won the cup."]
+
+
+def test_html_tags_and_code_blocks_are_not_spoken_inline_code_is():
+    assert split("<b>Bold</b> and <i>italic</i> text.<br/> Next line.") == ["Bold and italic text.", "Next line."]
+    text = "Run this:\n```python\nprint('hi')  # a comment. Yes!\n```\nThen call `main()` in `config.py`."
+    assert split(text) == ["Run this:", "Then call main in config.py."]
+    assert split("Unclosed:\n```\ncode that never ends.") == ["Unclosed:"]
+
+
+def test_units_and_number_signs_are_spelled_in_the_sentence_script():
+    assert split("It is 30℃ here, 86°F there and 20 °C at home.") == [
+        "It is 30 degrees Celsius here, 86 degrees Fahrenheit there and 20 degrees Celsius at home."
+    ]
+    assert split("Item #1 is 50% off today. # A heading\nOk.") == [
+        "Item number 1 is 50 percent off today.",
+        "A heading Ok.",
+    ]
+    assert split("今天30℃，湿度50%，排名#1，温差10~15度。") == ["今天30摄氏度，湿度百分之50，", "排名第1，温差10到15度。"]
+    assert split("Is a < b? Yes, 2 <= 3 and 3 > 1.") == [
+        "Is a less than b?",
+        "Yes, 2 less than or equal to 3 and 3 greater than 1.",
+    ]
+    # Symbols as written, for a TTS front end that reads them itself.
+    assert split("It is 30℃, item #1.", config=SplitterConfig(spell_symbols=False)) == ["It is 30℃, item #1."]
+
+
+def test_speakable_text_filters_one_sentence_like_the_splitter():
+    assert speakable_text("(smiles) It is 30℃ in <b>Paris</b>! 😀") == "It is 30 degrees Celsius in Paris!"
+    assert speakable_text("今天30℃（笑）*挥手* 排名#1。") == "今天30摄氏度 排名第1。"
+    assert speakable_text("See [1, 2] and `x`.\n```\ncode\n```") == "See 1, 2 and x."
+    assert speakable_text("Note (unclosed. Right?") == "Note unclosed. Right?"
+    assert speakable_text("") == ""
+
+
+# -- where sentences may end ---------------------------------------------------------------
+
+
+def test_numbers_and_times_are_never_cut():
+    assert split("The city population is about 3,000,000 people, or so they say.")[0] == (
+        "The city population is about 3,000,000 people,"
+    )
+    assert split("We will all meet tomorrow morning at 10:30 near the old station.") == [
+        "We will all meet tomorrow morning at 10:30 near the old station."
+    ]
+    assert split("明天的会议时间是10：30，请准时到。")[0] == "明天的会议时间是10：30，"
+    assert split("明天的会议时间是10:30，请准时到。")[0] == "明天的会议时间是10:30，"
+    # Over-long runs, cut at a comma, a space or between jieba words, but not inside a number.
+    for text, max_weight in [("values like 1,000,000 and 2:30 and 3,000,000 and 4:45 " * 4, 30),
+                             ("会议在10：30开始然后在12：45吃饭，好吗" * 4, 45)]:
+        sentences = split(text, config=SplitterConfig(max_weight=max_weight))
+        assert len(sentences) > 3
+        assert numbers_in(sentences) == numbers_in([text])
+
+
+def numbers_in(sentences: list[str]) -> list[str]:
+    return [number for s in sentences for number in re.findall(r"\d+(?:[,:：]\d+)*", s)]
+
+
+def test_abbreviations_initialisms_urls_and_file_names_end_no_sentence():
+    assert split("We climbed Mt. Fuji on Jan. 5 with friends from the U.S. and Canada. It was great.") == [
+        "We climbed Mt. Fuji on Jan. 5 with friends from the U.S. and Canada.",
+        "It was great.",
+    ]
+    text = "Visit docs.python.org or edit config.json today. Open https://example.com/search?q=1&x=2 now! Bye."
+    expected = [
+        "Visit docs.python.org or edit config.json today.",
+        "Open https://example.com/search?q=1&x=2 now!",
+        "Bye.",
+    ]
+    assert split(text) == expected
+    # Cut where a byte-level tokenizer cuts: at the dots and the question mark.
+    assert split(*re.split(r"(?<=[.?])", text)) == expected
+
+
 # -- properties ------------------------------------------------------------------------------
 
-ALPHABET = list("abc xyz AB 你好世界我们。！？!?…；;.,，、：:()（）【】[]*\"'“”「」#`~_😀👍\n\t0123456789")
-texts = st.one_of(st.text(alphabet=st.sampled_from(ALPHABET), max_size=300), st.text(max_size=120))
+ALPHABET = list("abc xyz AB 你好世界我们。！？!?…；;.,，、：:()（）【】[]*\"'“”「」#`~_😀👍\n\t0123456789<>/-+=℃°%")
+FRAGMENTS = ["```", "<b>", "</b>", "\n* ", "\n- ", " * ", "2*3", "3,000", "10:30", "10：30", "Mr. ", "U.S. ",
+             "docs.python.org", "?q=1", "……", "[1, 2]", "30℃", "#1", "(3.11)", " a < b "]
+texts = st.one_of(
+    st.lists(st.sampled_from(ALPHABET + FRAGMENTS), max_size=150).map("".join),
+    st.text(max_size=120),
+)
+# One text per defect fixed, kept as explicit examples.
+EXAMPLES = [
+    "Options:\n* apples\n* pears\n* plums",
+    "2*3 and 4*5",
+    "Sure! 5 * 3 = 15. That is the answer.",
+    "Note (never closed. Then more [also open. And *star. End",
+    "The population is about 3,000,000 people, at 10:30 or 10：30.",
+    "Visit docs.python.org, config.json, https://x.com/a?b=1 now. We met Mt. Fuji in Jan. in the U.S. today.",
+    "他说：“你好呀。”然后……走了。",
+    "30℃, 30°C, #1, a < b, [1, 2, 3], <b>bold</b>, `code`, and\n```\nfenced. code\n```\nEnd.",
+]
+
+
+def ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def opens_span(ch: str, before: str, after: str) -> bool:
+    if ch in BRACKETS:
+        return True
+    if ch == "*":  # like markdown emphasis: before a non-space, and not inside "2*3"
+        return bool(after.strip()) and not (ascii_alnum(before) and ascii_alnum(after))
+    return ch == "<" and bool(after) and ((after.isascii() and after.isalpha()) or after in "/!")
+
+
+def span_end(text: str, start: int, max_span: int) -> int | None:
+    """Index of the mark closing the span opened at `start`, or None when it is abandoned first:
+    at a newline, a sentence end, after `max_span` characters, or at the end of the text."""
+    opener, depth = text[start], 1
+    for j in range(start + 1, len(text)):
+        if text[j] == UNSPOKEN_SPANS[opener]:
+            depth -= 1
+            if depth == 0:
+                return j
+        elif text[j] == opener:
+            depth += 1
+        ends = text[j] not in SENTENCE_ENDS and text[j] not in CLOSERS and ends_sentence(text[start + 1 : j], text[j])
+        if text[j] == "\n" or ends or j - start + 1 > max_span:
+            return None
+    return None
+
+
+def after_backticks(text: str, i: int) -> int:
+    """Where speech resumes after the backticks at `i`: inline code marks are dropped, a ```
+    fence is dropped with everything up to its closing fence (or the end)."""
+    run = len(text[i:]) - len(text[i:].lstrip("`"))
+    if run < 3:
+        return i + run
+    close = text.find("```", i + run)
+    return len(text) if close < 0 else len(text) - len(text[close:].lstrip("`"))
 
 
 def reference_spoken_text(text: str, max_span: int) -> str:
-    """What should be spoken, computed on the whole text at once, independently of the splitter:
-    drop closed bracket spans (no longer than max_span), emoji and markdown marks."""
-    kept = []
-    i = 0
+    """What should be spoken (symbols as written), worked out on the whole text at once with
+    free lookahead, independently of the splitter's character-at-a-time machinery."""
+    kept, i, plain = [], 0, set()  # plain: openers that turned out to open nothing
     while i < len(text):
-        ch = text[i]
-        if ch in UNSPOKEN_SPANS:
-            closer, depth, j = UNSPOKEN_SPANS[ch], 1, i + 1
-            while j < len(text) and j - i <= max_span:
-                if text[j] == closer:
-                    depth -= 1
-                    if depth == 0:
-                        break
-                elif text[j] == ch:
-                    depth += 1
-                j += 1
-            if j < len(text) and j - i <= max_span and text[j] == closer and depth == 0:
-                i = j + 1
+        ch, before, after = text[i], text[i - 1 : i], text[i + 1 : i + 2]
+        line_start = not text[:i].rsplit("\n", 1)[-1].strip(" \t")
+        if ch == "`":
+            i = after_backticks(text, i)
+        elif ch in "*-+" and line_start and after in (" ", "\t"):
+            i += 1  # a list bullet
+        elif i not in plain and opens_span(ch, before, after):
+            close = span_end(text, i, max_span)
+            if close is None or (ch in BRACKETS and not any(c.isalpha() for c in text[i:close])):
+                plain.add(i)  # spoken after all: read on from the opener, as a plain character
             else:
-                i += 1  # the opener alone is dropped; what follows is spoken
-            continue
-        if not is_dropped_char(ch):
-            kept.append(ch)
-        i += 1
+                i = close + 1
+        else:
+            if not is_dropped_char(ch):
+                kept.append(ch)
+            i += 1
     return "".join(kept)
 
 
@@ -192,11 +370,19 @@ def text_and_pieces(draw):
     return text, [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def with_examples(test):
+    """Each of EXAMPLES as an explicit case, fed one character at a time."""
+    for text in EXAMPLES:
+        test = example((text, list(text)))(test)
+    return test
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text_and_pieces())
+@with_examples
 def test_nothing_dropped_nothing_duplicated_for_any_chunking(case):
     text, pieces = case
-    config = SplitterConfig(max_weight=60, max_unspoken_span=40)
+    config = SplitterConfig(max_weight=60, max_unspoken_span=40, spell_symbols=False)
     sentences = split(*pieces, config=config)
     assert no_space("".join(sentences)) == no_space(reference_spoken_text(text, max_span=40))
     assert all(s == s.strip() and s for s in sentences)
@@ -204,7 +390,18 @@ def test_nothing_dropped_nothing_duplicated_for_any_chunking(case):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text_and_pieces())
+@with_examples
 def test_sentences_do_not_depend_on_how_the_text_was_cut(case):
     text, pieces = case
     config = SplitterConfig(max_weight=60, max_unspoken_span=40, eager_ends=False)
     assert split(*pieces, config=config) == split(text, config=config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_speakable_text_is_what_the_splitter_says_for_a_single_sentence(before, after):
+    """A sentence-free text (no sentence end inside) comes out of the splitter as exactly what
+    speakable_text makes of it."""
+    text = re.sub(r"[。！？!?…；;.\n]", " ", before + after)
+    config = SplitterConfig(max_weight=10_000, first_cut_at_soft_break=False)
+    assert " ".join(split(text, config=config)) == speakable_text(text)
