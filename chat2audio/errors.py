@@ -55,6 +55,24 @@ class Overloaded(ServiceError):
     status, type = 503, "overloaded"
 
 
+class TooManyTurns(ServiceError):
+    """One conversation sent more turns than may wait for it; other conversations are unaffected."""
+
+    status, type = 429, "too_many_turns"
+
+
+class SessionStoreUnavailable(ServiceError):
+    status, type = 503, "session_store_unavailable"
+
+
+class VoiceInputUnavailable(ServiceError):
+    status, type = 503, "voice_input_unavailable"
+
+
+class Forbidden(ServiceError):
+    status, type = 403, "forbidden"
+
+
 class NotReady(ServiceError):
     status, type = 503, "not_ready"
 

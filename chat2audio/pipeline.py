@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chat2audio.splitter import SentenceSplitter, SplitterConfig, is_cjk, is_speakable
+from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, is_cjk, is_speakable, speakable_text
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, VoiceParams
 
@@ -144,6 +144,10 @@ async def speak_reply(
         except asyncio.CancelledError:
             raise
         except Exception as error:  # handed to the reader, which raises it in the request
+            # Sentences the LLM finished before it failed are still spoken, then the error is told.
+            for sentence in splitter.finish(drop_incomplete=True):
+                if ends_sentence(sentence):
+                    await written.put(sentence)
             await written.put(_Failed(error))
 
     stages = [asyncio.create_task(write(), name="reply-writer")]
@@ -240,4 +244,5 @@ async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, transla
         except Exception as error:
             await target.put(_Failed(error))
             return
-        await target.put((item, translation or item))
+        # Translations skip the splitter: the same filter decides what of them is spoken.
+        await target.put((item, speakable_text(translation) or item))

@@ -10,21 +10,11 @@ SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class ChatRequest(BaseModel):
-    """`POST /chat2audio` body."""
+class ChatOptions(BaseModel):
+    """Every field of a chat request but the input itself (voice requests send speech instead)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,  # no "false" for a temperature, no "5" for a token count
-        json_schema_extra={"examples": [{"input": "Hello, who are you?", "speaker": "Aria"}]},
-    )
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "false" for a temperature, no "5" for a count
 
-    input: str = Field(
-        min_length=1,
-        description="What the user says to the character: some non-blank text without NUL characters.",
-        # Documents what `_not_blank` enforces (the validator gives the clearer error message).
-        json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
-    )
     speaker: str = Field(min_length=1, max_length=64, description="Speaker id, see GET /speakers.")
     format: Literal["wav", "events", "text"] = Field(
         "wav",
@@ -47,6 +37,19 @@ class ChatRequest(BaseModel):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value
+
+
+class ChatRequest(ChatOptions):
+    """`POST /chat2audio` body."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": "Hello, who are you?", "speaker": "Aria"}]})
+
+    input: str = Field(
+        min_length=1,
+        description="What the user says to the character: some non-blank text without NUL characters.",
+        # Documents what `_not_blank` enforces (the validator gives the clearer error message).
+        json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
+    )
 
     @field_validator("input")
     @classmethod
@@ -90,6 +93,7 @@ class StatsResponse(BaseModel):
     active_replies: int = Field(description="Replies being generated or spoken now.")
     admitted_requests: int = Field(description="Requests running or waiting for a slot.")
     llm_active_generations: int = Field(description="LLM generations running now (in-process backends).")
+    sessions_in_turn: int = Field(0, description="Conversations with a turn running or waiting.")
     threads: int
 
 

@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chat2audio.admission import RETRY_AFTER_S
+from chat2audio.errors import Overloaded, TooManyTurns
 from llm.base import ChatMessage
 
 
@@ -31,20 +33,38 @@ class SessionStore(Protocol):
 
 class TurnOrder:
     """One reply at a time per conversation (in this process): a turn posted while the previous
-    one is still being spoken waits for it, so the LLM sees that exchange. Locks exist only while
-    a conversation has a turn running or waiting."""
+    one is still being spoken waits for it, so the LLM sees that exchange. At most `max_waiting`
+    turns may wait per conversation (429 beyond) and none longer than `wait_s` (503). Locks exist
+    only while a conversation has a turn running or waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_waiting: int = 2, wait_s: float | None = None) -> None:
+        self.max_waiting = max_waiting
+        self.wait_s = wait_s
         self._turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
     async def turn(self, speaker: str, session_id: str) -> AsyncIterator[None]:
         key = (speaker, session_id)
         lock, holders = self._turns.get(key, (asyncio.Lock(), 0))
+        if holders > self.max_waiting:  # one runs, `max_waiting` wait
+            raise TooManyTurns(
+                f"session {session_id!r} already has {holders - 1} turns waiting; send the next one when a reply ends",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         self._turns[key] = (lock, holders + 1)
         try:
-            async with lock:
+            try:
+                async with asyncio.timeout(self.wait_s):
+                    await lock.acquire()
+            except TimeoutError:
+                raise Overloaded(
+                    f"the previous turn of session {session_id!r} is still running after {self.wait_s:g} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from None
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, holders = self._turns[key]
             if holders == 1:
@@ -110,18 +130,25 @@ class MemorySessionStore:
 
 class RedisSessionStore:
     """Sessions in Redis, shared by every replica: one list of JSON turns per (speaker, session),
-    trimmed to the window and expiring after `ttl_s` idle seconds."""
+    trimmed to the window and expiring after `ttl_s` idle seconds. A set per session names its
+    speakers, so forgetting a session touches its own keys only (no keyspace scan)."""
 
-    def __init__(self, url: str, *, max_turns: int, ttl_s: float, prefix: str = "chat2audio:session:") -> None:
+    def __init__(
+        self, url: str, *, max_turns: int, ttl_s: float, timeout_s: float = 5.0, prefix: str = "chat2audio:session:"
+    ) -> None:
         import redis.asyncio as redis  # only needed when this store is configured
 
-        self._redis = redis.from_url(url)
+        self._redis = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.max_turns = max_turns
         self.ttl_ms = int(ttl_s * 1000)
         self._prefix = prefix
+        self._index_prefix = prefix.rstrip(":") + "-speakers:"
 
     def _key(self, speaker: str, session_id: str) -> str:
         return f"{self._prefix}{session_id}:{speaker}"
+
+    def _index(self, session_id: str) -> str:
+        return f"{self._index_prefix}{session_id}"
 
     async def history(self, speaker: str, session_id: str) -> list[ChatMessage]:
         raw = await self._redis.lrange(self._key(speaker, session_id), 0, -1)
@@ -137,11 +164,17 @@ class RedisSessionStore:
             else:
                 pipe.delete(key)
             pipe.pexpire(key, self.ttl_ms)
+            pipe.sadd(self._index(session_id), speaker)
+            pipe.pexpire(self._index(session_id), self.ttl_ms)
             await pipe.execute()
 
     async def forget(self, session_id: str) -> int:
-        keys = [key async for key in self._redis.scan_iter(match=f"{self._prefix}{session_id}:*")]
-        return await self._redis.delete(*keys) if keys else 0
+        index = self._index(session_id)
+        speakers = await self._redis.smembers(index)
+        keys = [self._key(speaker.decode(), session_id) for speaker in speakers]
+        dropped = await self._redis.delete(*keys) if keys else 0
+        await self._redis.delete(index)
+        return dropped
 
     async def close(self) -> None:
         await self._redis.aclose()

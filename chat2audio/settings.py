@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.7, ge=0.0, le=5.0)
     llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
     llm_repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
+    llm_context_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="the model's context window; history is trimmed to fit it. Unset: the local model's own, "
+        "4096 for remote servers (vLLM's --max-model-len)",
+    )
     trust_remote_code: bool = False
 
     stt_backend: Literal["none", "transformers", "openai"] = Field(
@@ -49,12 +55,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 2**20, ge=1024, description="largest accepted voice upload")
 
     device: str = "auto"
-    tts_cache_size: int = Field(2, ge=1, description="GPT-SoVITS voices kept loaded (LRU)")
+    tts_cache_size: int = Field(
+        2, ge=1, description="idle GPT-SoVITS voices kept loaded (LRU); voices of running replies are never evicted"
+    )
 
     max_input_chars: int = Field(2000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_concurrent_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(16, ge=0)
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a running slot or a session's turn (503 after)")
+    max_waiting_turns: int = Field(2, ge=0, description="turns of one session that may wait for it (429 beyond)")
     request_timeout_s: float = Field(300.0, gt=0, description="a reply taking longer fails with 504")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, in-flight replies get this long")
     sentence_queue_size: int = Field(4, ge=1)
@@ -71,6 +81,7 @@ class Settings(BaseSettings):
     max_sessions: int = Field(10000, ge=1)
     session_store: Literal["memory", "redis"] = "memory"
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="session store shared by replicas")
+    session_store_timeout_s: float = Field(5.0, gt=0, description="longest wait for the session store")
 
     translation_prompt: str = Field(
         "Translate the user's text from {source} into {target}. Reply with the translation only, "
@@ -80,6 +91,11 @@ class Settings(BaseSettings):
 
     api_key: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted (DNS-rebinding guard); unset: loopback names and the bind "
+        "address, or any host when bound to 0.0.0.0/::",
+    )
     log_level: str = "info"
 
     @field_validator("device")

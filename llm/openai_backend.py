@@ -36,6 +36,9 @@ class OpenAIBackend(UpstreamClient):
     accept = "text/event-stream"
     example_url = "http://127.0.0.1:8001/v1"
     example_model = "Qwen/Qwen2.5-7B-Instruct"
+    # The server's window is not discoverable over the OpenAI API; this matches the README's
+    # `vllm serve --max-model-len 4096`. CHAT2AUDIO_LLM_CONTEXT_TOKENS overrides it.
+    context_tokens = 4096
 
     def __init__(self, *, send_repetition_penalty: bool = True, **connection: Any) -> None:
         """`connection`: the keyword arguments of `UpstreamClient` (base_url, model, api_key, …)."""

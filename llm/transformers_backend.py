@@ -42,6 +42,8 @@ class TransformersBackend:
         # One worker thread = requests queue up instead of fighting over the same weights.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
         self.active_generations = 0  # observable by tests: generation threads running now
+        self.context_tokens: int | None = None
+        self._counting_tokenizer: Any = None
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -50,9 +52,20 @@ class TransformersBackend:
         log.info("LLM %s loaded on %s in %.1f s", self.model_source, self.device, self.load_seconds)
 
     async def stop(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        # Waiting for a generation in progress must not block the event loop during shutdown.
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
         self._model = None
         self._tokenizer = None
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int:
+        """Prompt length in tokens under the model's chat template (for fitting the context).
+
+        A tokenizer of its own: a fast tokenizer used from two threads at once can fail
+        ("Already borrowed"), and the generation thread uses the other one."""
+        ids = self._counting_tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
+        )
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         if self._model is None:
@@ -77,8 +90,10 @@ class TransformersBackend:
         model_dir = self._prepare_model_dir()
         common = {"trust_remote_code": self._trust_remote_code}
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+        self._counting_tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **common)
         self._model = model.to(self.device).eval()
+        self.context_tokens = getattr(model.config, "max_position_embeddings", None)
         if not self._tokenizer.chat_template:
             raise LLMError(f"{self.model_source} has no chat template", status=503)
         # The first generate() pays one-off set-up costs; pay them here, not in a user's reply.

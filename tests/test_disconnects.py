@@ -11,16 +11,12 @@ import asyncio
 import random
 import threading
 import time
-from contextlib import aclosing
 
 import pytest
 
-from chat2audio.protocol import ChatRequest
-from chat2audio.service import ChatService
-from chat2audio.settings import Settings
 from chat2audio.threads import stream_from_thread
 from llm.base import TextPiece
-from tests.e2e.conftest import scripted_env
+from tests.inprocess import scripted_service, speak
 
 DISCONNECTS = 300
 REPLY = " ".join(f"Sentence {n} is spoken here, word by word." for n in range(40))
@@ -60,23 +56,11 @@ class ThreadFedLLM:
 
 @pytest.fixture
 async def service(tmp_path):
-    env = scripted_env(tmp_path, scripted_tts_rtf="0.02", max_concurrent_requests="4", max_queued_requests="16")
-    settings = Settings(**{key.removeprefix("CHAT2AUDIO_").lower(): value for key, value in env.items()})
-    service = ChatService(settings)
-    await service.start()
-    service.llm = ThreadFedLLM()
-    yield service
-    await service.stop()
-
-
-async def speak(service: ChatService, session_id: str | None, text: str = "Tell me a story.") -> int:
-    request = ChatRequest(input=text, speaker="Low", session_id=session_id)
-    prepared = await service.prepare(request)
-    samples = 0
-    async with aclosing(service.reply_audio(prepared, stream_first_sentence=True)) as chunks:
-        async for chunk in chunks:
-            samples += chunk.audio.size
-    return samples
+    async with scripted_service(
+        tmp_path, scripted_tts_rtf="0.02", max_concurrent_requests="4", max_queued_requests="16"
+    ) as service:
+        service.llm = ThreadFedLLM()
+        yield service
 
 
 async def test_hundreds_of_disconnects_at_random_moments_leak_nothing(service):
@@ -84,7 +68,7 @@ async def test_hundreds_of_disconnects_at_random_moments_leak_nothing(service):
     hung = 0
     for attempt in range(DISCONNECTS):
         session = f"s{attempt % 3}" if attempt % 2 else None
-        task = asyncio.create_task(speak(service, session))
+        task = asyncio.create_task(speak(service, "Tell me a story.", session_id=session))
         await asyncio.sleep(rng.uniform(0.0, 0.06))
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
@@ -95,6 +79,6 @@ async def test_hundreds_of_disconnects_at_random_moments_leak_nothing(service):
     assert len(service.turn_order) == 0
     assert service.llm.running == 0
     # The conversations still work: a full turn runs and is remembered.
-    assert await asyncio.wait_for(speak(service, "s1", "Sentence one ends here. And two."), 30) > 0
+    assert await asyncio.wait_for(speak(service, "Tell me a story.", session_id="s1"), 30) > 0
     history = await service.sessions.history("Low", "s1")
     assert history[-1].role == "assistant" and history[-1].content.startswith("Sentence 0")

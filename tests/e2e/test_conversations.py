@@ -105,7 +105,7 @@ def test_sessions_expire_when_idle(tmp_path):
 def upstream_reply(body: dict) -> str:
     system = body["messages"][0]["content"]
     if system.startswith("Translate"):
-        return "JA[" + body["messages"][-1]["content"] + "]"
+        return "JA <b>" + body["messages"][-1]["content"] + "</b>"  # markup is not spoken
     return "我在这里。我们一起走吧。"
 
 
@@ -170,8 +170,8 @@ def test_speech_in_another_language_translates_each_sentence_before_tts(upstream
     events = events_of(response)
     sentences = [e for e in events if e["type"] == "sentence"]
     assert [e["text"] for e in sentences] == ["我在这里。", "我们一起走吧。"]
-    assert [e["speech_text"] for e in sentences] == ["JA[我在这里。]", "JA[我们一起走吧。]"]
-    for event, spoken in zip(sentences, ["JA[我在这里。]", "JA[我们一起走吧。]"]):
+    assert [e["speech_text"] for e in sentences] == ["JA 我在这里。", "JA 我们一起走吧。"]
+    for event, spoken in zip(sentences, ["JA 我在这里。", "JA 我们一起走吧。"]):
         assert event["audio_seconds"] == pytest.approx(int(ScriptedTTS.duration_s(spoken) * SAMPLE_RATE) / SAMPLE_RATE)
     translations = [r.body for r in upstream.requests if r.body["messages"][0]["content"].startswith("Translate")]
     assert "from zh into ja" in translations[-1]["messages"][0]["content"]

@@ -1,0 +1,35 @@
+"""The chat service in this process, on the scripted backends: for tests that need to look at
+its counters and locks directly rather than through HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+
+from chat2audio.protocol import ChatRequest
+from chat2audio.service import ChatService
+from chat2audio.settings import Settings
+from tests.e2e.conftest import scripted_env
+
+
+@asynccontextmanager
+async def scripted_service(root: Path, **settings: str) -> AsyncIterator[ChatService]:
+    env = scripted_env(root, **settings)
+    service = ChatService(Settings(**{key.removeprefix("CHAT2AUDIO_").lower(): value for key, value in env.items()}))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def speak(service: ChatService, text: str, *, session_id: str | None = None, speaker: str = "Low") -> int:
+    """One whole reply, as a client that listens to the end would get it; returns its samples."""
+    request = ChatRequest(input=text, speaker=speaker, session_id=session_id)
+    prepared = await service.prepare(request, text=request.input)
+    samples = 0
+    async with aclosing(service.reply_audio(prepared, stream_first_sentence=True)) as chunks:
+        async for chunk in chunks:
+            samples += chunk.audio.size
+    return samples
