@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from chat2audio.errors import install_error_handlers
-from chat2audio.middleware import RequestContext
+from chat2audio.middleware import RequestContext, default_allowed_hosts
 from chat2audio.routes import ClientGone, router
 from chat2audio.service import ChatService
 from chat2audio.settings import Settings
@@ -69,10 +69,13 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["X-Reply-Text", "X-Spoken-Text", "X-Sample-Rate", "X-Request-Id", "X-Audio-Seconds"],
+            expose_headers=["X-Reply-Text", "X-Spoken-Text", "X-Sample-Rate", "X-Request-Id", "X-Audio-Seconds", "X-Text-Truncated"],
         )
     app.add_middleware(
-        RequestContext, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        allowed_hosts=settings.allowed_hosts or default_allowed_hosts(settings.host),
     )
     return app
 

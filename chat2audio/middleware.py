@@ -12,15 +12,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chat2audio.errors import error_body
 
 
-class RequestContext:
-    """Gives every request an id (echoed as X-Request-Id) and a start time, and rejects bodies
-    over the limit with 413 before the endpoint reads them: `max_body_bytes` for JSON,
-    `max_upload_bytes` for multipart uploads (voice input)."""
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
+
+def default_allowed_hosts(bind_host: str) -> list[str]:
+    """Loopback names and the bind address; any host when bound to every interface (the
+    operator then names the hosts with CHAT2AUDIO_ALLOWED_HOSTS to keep the rebinding guard)."""
+    return ["*"] if bind_host in WILDCARD_BINDS else sorted(LOOPBACK_NAMES | {bind_host})
+
+
+class RequestContext:
+    """Gives every request an id (echoed as X-Request-Id) and a start time, and, before the
+    endpoint runs, rejects with a JSON error:
+    - a Host header not in `allowed_hosts` (400): a DNS-rebinding page names its own host;
+    - more than one Content-Type header (400): the limit below and the route must read the same one;
+    - bodies over the limit (413): `max_body_bytes` for JSON, `max_upload_bytes` for multipart
+      uploads (voice input)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, allowed_hosts: list[str]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,12 +45,19 @@ class RequestContext:
         state["request_id"] = request_id
         state["started"] = time.perf_counter()
 
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        headers = dict(raw_headers)
+        if not self._host_allowed(headers.get(b"host", b"").decode("latin-1")):
+            await _reject(send, request_id, 400, "invalid_host", "this Host is not served here; see CHAT2AUDIO_ALLOWED_HOSTS")
+            return
+        if sum(1 for name, _ in raw_headers if name == b"content-type") > 1:
+            await _reject(send, request_id, 400, "invalid_request", "send one Content-Type header, not several")
+            return
         multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
         limit = self.max_upload_bytes if multipart else self.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._reject(send, request_id, limit)
+            await _reject(send, request_id, 413, "body_too_large", f"request body is over {limit} bytes")
             return
 
         received = 0
@@ -59,15 +80,24 @@ class RequestContext:
 
         await self.app(scope, limited_receive, send_with_id)
 
-    async def _reject(self, send: Send, request_id: str, limit: int) -> None:
-        body = json.dumps(error_body(413, "body_too_large", f"request body is over {limit} bytes")).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        })
-        await send({"type": "http.response.body", "body": body})
+    def _host_allowed(self, host_header: str) -> bool:
+        host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+        host = host.strip("[]").lower()
+        for allowed in self.allowed_hosts:
+            if allowed == "*" or host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
+                return True
+        return False
+
+
+async def _reject(send: Send, request_id: str, status: int, type_: str, message: str) -> None:
+    body = json.dumps(error_body(status, type_, message)).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})

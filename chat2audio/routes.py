@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Annotated, TypeVar
-from urllib.parse import quote
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -21,9 +22,10 @@ from pydantic import ValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
-from chat2audio.errors import InvalidInput, Unauthorized, UnsupportedMediaType, as_service_error
+from chat2audio.errors import Forbidden, InvalidInput, Unauthorized, UnsupportedMediaType, as_service_error
 from chat2audio.pipeline import AudioChunk
 from chat2audio.protocol import (
+    ChatOptions,
     ChatRequest,
     DoneEvent,
     ErrorDetail,
@@ -39,7 +41,7 @@ from chat2audio.protocol import (
     StatsResponse,
     Turn,
 )
-from chat2audio.service import ChatService, PreparedReply
+from chat2audio.service import ChatService, PreparedReply, VoiceInput
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,55 +61,78 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized("missing or wrong API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
 
 
-# curl -d sends form-urlencoded by default: the body is still JSON, so accept it as such.
-JSON_CONTENT_TYPES = {"", "application/json", "application/x-www-form-urlencoded", "text/plain"}
+async def require_same_origin(request: Request) -> None:
+    """Refuse requests that a web page of another site makes the browser send.
+
+    JSON with its content type already needs a CORS preflight, but a form or multipart POST does
+    not: without this check any site could make the service talk and add turns to a session.
+    Same-origin pages and `CHAT2AUDIO_CORS_ORIGINS` pass; clients that send no Origin (curl, SDKs) too."""
+    origin = request.headers.get("origin")
+    if origin is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    settings = request.app.state.service.settings
+    # Host only, not scheme: behind a TLS-terminating proxy the page is https, this server http.
+    same_origin = urlsplit(origin).netloc == request.headers.get("host", "")
+    if not same_origin and origin not in settings.cors_origins and "*" not in settings.cors_origins:
+        raise Forbidden(f"requests from the web origin {origin[:100]} are not allowed; add it to CHAT2AUDIO_CORS_ORIGINS")
 
 
-async def parse_chat_request(request: Request) -> ChatRequest:
-    """The JSON body, whatever content type curl or a browser labelled it with; or, for voice
-    input, a multipart form whose `audio` file is transcribed into the input."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+@dataclass(frozen=True)
+class ChatInput:
+    """A parsed `POST /chat2audio`: the options, and either typed text or recorded speech."""
+
+    options: ChatOptions
+    text: str | None = None
+    voice: VoiceInput | None = None
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def parse_chat_request(request: Request) -> ChatInput:
+    """A JSON body (`Content-Type: application/json`), or, for voice input, a multipart form
+    whose `audio` file is transcribed once the request has been admitted."""
+    content_type = _content_type(request)
     try:
         if content_type == "multipart/form-data":
             return await _parse_voice_request(request)
-        if content_type not in JSON_CONTENT_TYPES and not content_type.endswith("+json"):
+        if content_type != "application/json" and not content_type.endswith("+json"):
             raise UnsupportedMediaType(
-                f"send the request as JSON (Content-Type: application/json) or as multipart/form-data "
-                f"with an audio file, not {content_type[:80]}"
+                f"send the request as JSON with the header Content-Type: application/json (curl: --json '{{...}}'), "
+                f"or as multipart/form-data with an audio file; got {content_type[:80] or 'no content type'}"
             )
-        return ChatRequest.model_validate_json(await request.body())
+        body = ChatRequest.model_validate_json(await request.body())
+        return ChatInput(options=body, text=body.input)
     except ValidationError as error:
         raise RequestValidationError(error.errors(include_input=False, include_url=False)) from None
 
 
-async def _parse_voice_request(request: Request) -> ChatRequest:
+async def _parse_voice_request(request: Request) -> ChatInput:
     """multipart/form-data: `audio` (WAV/FLAC/OGG) plus the JSON fields as form fields."""
-    service: ChatService = request.app.state.service
-    if service.stt is None:
-        raise InvalidInput("voice input is not enabled on this server (set CHAT2AUDIO_STT_BACKEND)")
     form = await request.form(max_files=1, max_fields=16)
     upload = form.get("audio")
     if upload is None or isinstance(upload, str):
         raise InvalidInput("multipart requests need an `audio` file field holding the user's speech")
     fields = {key: value for key, value in form.items() if key != "audio" and isinstance(value, str)}
+    if "input" in fields:
+        raise InvalidInput("send either typed `input` (as JSON) or an `audio` file, not both")
     for numeric in ("max_new_tokens", "temperature"):
         if numeric in fields:
             try:
                 fields[numeric] = float(fields[numeric]) if numeric == "temperature" else int(fields[numeric])
             except ValueError:
                 raise InvalidInput(f"{numeric} must be a number") from None
-    audio = await upload.read()
-    transcript = await service.stt.transcribe(audio, filename=upload.filename, language=service.settings.stt_language)
-    request.state.transcript = transcript
-    return ChatRequest.model_validate({**fields, "input": transcript or " "})
+    options = ChatOptions.model_validate(fields)
+    return ChatInput(options=options, voice=VoiceInput(await upload.read(), upload.filename))
 
 
 ServiceDep = Annotated[ChatService, Depends(get_service)]
-ChatRequestDep = Annotated[ChatRequest, Depends(parse_chat_request)]
+ChatInputDep = Annotated[ChatInput, Depends(parse_chat_request)]
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (401, 404, 413, 422, 503)}
 
 router = APIRouter()
-protected = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+protected = APIRouter(dependencies=[Depends(require_api_key), Depends(require_same_origin)], responses=ERROR_RESPONSES)
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -132,6 +157,7 @@ async def stats(service: ServiceDep) -> StatsResponse:
         active_replies=service.active_replies,
         admitted_requests=service.admission.admitted,
         llm_active_generations=getattr(service.llm, "active_generations", 0),
+        sessions_in_turn=len(service.turn_order),
         threads=threading.active_count(),
     )
 
@@ -160,9 +186,10 @@ async def list_speakers(service: ServiceDep) -> SpeakersResponse:
         "requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}
     },
 )
-async def chat2audio(body: ChatRequestDep, request: Request, service: ServiceDep) -> Response:
+async def chat2audio(parsed: ChatInputDep, request: Request, service: ServiceDep) -> Response:
     """Reply to `input` in the speaker's character and voice."""
-    prepared = await service.prepare(body, request.state.request_id)
+    body = parsed.options
+    prepared = await service.prepare(body, request.state.request_id, text=parsed.text, voice=parsed.voice)
     audio = service.reply_audio(prepared, stream_first_sentence=request.app.state.streaming)
     headers = {
         "X-Sample-Rate": str(prepared.sample_rate),
@@ -177,11 +204,8 @@ async def chat2audio(body: ChatRequestDep, request: Request, service: ServiceDep
         return StreamingResponse(_wav_stream(request, prepared, first, audio), media_type="audio/wav", headers=headers)
     samples = await _unless_client_leaves(request, _collect(audio))
     reply = prepared.reply
-    headers |= {
-        "X-Reply-Text": quote(reply.text, safe=""),
-        "X-Spoken-Text": quote(reply.spoken_text, safe=""),
-        "X-Audio-Seconds": f"{len(samples) / prepared.sample_rate:.3f}",
-    }
+    headers |= text_headers(reply.text, reply.spoken_text)
+    headers["X-Audio-Seconds"] = f"{len(samples) / prepared.sample_rate:.3f}"
     return Response(wav_bytes(samples, prepared.sample_rate), media_type="audio/wav", headers=headers)
 
 
@@ -207,6 +231,33 @@ async def delete_session(service: ServiceDep, session_id: Annotated[str, Path(pa
 
 
 router.include_router(protected)
+
+# Proxies commonly refuse responses whose headers exceed 4-8 KB (nginx: 502); percent-encoded
+# Chinese takes 9 bytes a character, so a long reply would not fit.
+MAX_TEXT_HEADER_BYTES = 1536
+
+
+def text_headers(text: str, spoken: str) -> dict[str, str]:
+    """The reply's text as percent-encoded headers, each cut to `MAX_TEXT_HEADER_BYTES`; when cut,
+    `X-Text-Truncated` says so (the events format carries any length)."""
+    reply, reply_cut = _percent_encoded_prefix(text, MAX_TEXT_HEADER_BYTES)
+    spoken, spoken_cut = _percent_encoded_prefix(spoken, MAX_TEXT_HEADER_BYTES)
+    headers = {"X-Reply-Text": reply, "X-Spoken-Text": spoken}
+    if reply_cut or spoken_cut:
+        headers["X-Text-Truncated"] = "true; use format=events for the whole text"
+    return headers
+
+
+def _percent_encoded_prefix(text: str, limit: int) -> tuple[str, bool]:
+    """The longest prefix of whole characters whose encoding fits `limit`, and whether it was cut."""
+    pieces, size = [], 0
+    for ch in text:
+        piece = quote(ch, safe="")
+        if size + len(piece) > limit:
+            return "".join(pieces), True
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces), False
 
 
 class ClientGone(Exception):
@@ -279,7 +330,7 @@ async def _event_stream(
         yield event(
             StartEvent(
                 request_id=request.state.request_id, speaker=prepared.speaker.id, sample_rate=rate,
-                session_id=prepared.session_id, transcript=getattr(request.state, "transcript", None),
+                session_id=prepared.session_id, transcript=prepared.transcript,
             )
         )
         pending: list[np.ndarray] = []

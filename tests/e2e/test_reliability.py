@@ -21,7 +21,7 @@ import pytest
 import soundfile
 
 from tests.e2e.conftest import scripted_env
-from tests.server import PROJECT_ROOT, free_port, running_server
+from tests.server import PROJECT_ROOT, events_of, free_port, running_server
 from tts.scripted import SAMPLE_RATE
 
 LONG_SCRIPT = " ".join(f"This is sentence number {n} of a very long reply." for n in range(60))
@@ -64,7 +64,10 @@ def test_text_the_tts_cannot_say_still_gives_a_valid_wav(non_stream, text):
     assert rate == SAMPLE_RATE
     if "y" * 100 in text:
         assert audio.size > 0  # cut into speakable pieces, all of it spoken
-        assert unquote(response.headers["x-spoken-text"]).replace(" ", "") == text
+        spoken = unquote(response.headers["x-spoken-text"]).replace(" ", "")
+        assert "x-text-truncated" in response.headers and text.startswith(spoken)  # headers stay small
+        events = events_of(chat(non_stream, {"input": text, "speaker": "Low", "format": "text"}))
+        assert events[-1]["spoken_text"].replace(" ", "") == text
 
 
 def test_interleaved_requests_never_mix_voices_or_texts(non_stream):

@@ -148,18 +148,6 @@ def test_body_too_large_is_413(stream_server):
     assert response.json()["error"]["type"] == "body_too_large"
 
 
-def test_plain_curl_body_without_json_content_type_is_accepted(stream_server):
-    response = httpx.post(
-        f"{stream_server.base_url}/chat2audio",
-        content=json.dumps({"input": "Hello there, how are you?", "speaker": "Low"}),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=30,
-    )
-    assert response.status_code == 200
-    audio, rate = soundfile.read(io.BytesIO(response.content))
-    assert rate == SAMPLE_RATE and audio.size > 0
-
-
 def test_speakers_health_and_ready(stream_server):
     speakers = {s["id"]: s for s in httpx.get(f"{stream_server.base_url}/speakers").json()["speakers"]}
     assert speakers["Low"]["available"] and speakers["Low"]["sample_rate"] == SAMPLE_RATE
