@@ -64,7 +64,8 @@ class EspeakEngine:
         await loop.run_in_executor(self._worker, self._initialize)
 
     async def stop(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        # A synthesis in progress finishes on its thread; the event loop does not wait for it.
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
 
     def sample_rate(self, voice: VoiceParams) -> int:
         return self._sample_rate
