@@ -3,7 +3,7 @@ growth, no work left running for gone clients, no steady memory growth."""
 
 from __future__ import annotations
 
-from bench.soak import soak
+from bench.soak import hang_up_at_random, soak
 from tests.e2e.conftest import scripted_env
 from tests.server import running_server
 
@@ -12,8 +12,10 @@ def test_soak_leaves_no_threads_work_or_memory_behind(tmp_path):
     env = scripted_env(tmp_path, scripted_token_delay_s="0.005", scripted_tts_rtf="0.02")
     with running_server("app_stream", env, tmp_path / "server.log") as server:
         report = soak(server.base_url, server.process.pid, requests=100)
+        hang_up_at_random(server.base_url, server.process.pid, report, 60)
     assert not report.failures, report.failures[:5]
     assert report.aborted >= 5
     assert report.threads_after <= report.threads_before
     assert max(report.stop_latencies_s) < 1.0
     assert report.rss_mb[-1] - report.rss_mb[0] < 20, report.table()
+    assert report.random_hangups == 60 and not any(report.leaked.values()), report.table()
