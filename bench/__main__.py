@@ -47,7 +47,7 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
     with ExitStack() as stack:
         ours = stack.enter_context(running_server("app_stream", env, workdir / f"{profile.name}-stream.log"))
         original = stack.enter_context(
-            running_server("app_stream", {**env, "CHAT2AUDIO_PIPELINE_MODE": "sequential"}, workdir / f"{profile.name}-seq.log")
+            running_server("app_stream", {**env, "CHAT2AUDIO_TESTING__PIPELINE_MODE": "sequential"}, workdir / f"{profile.name}-seq.log")
         )
         for server in (ours, original):  # one throw-away reply each: first-request costs are not latency
             stream_once(server.base_url, profile.request(profile.prompts[0][1]))

@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 
 from chat2audio.pipeline import Reply, speak_reply
-from chat2audio.splitter import SentenceSplitter, SplitterConfig, is_speakable
+from chat2audio.runtime.text import is_speakable
+from chat2audio.splitter import SentenceSplitter, SplitterConfig
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, VoiceParams
 

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat2audio.settings import PROJECT_ROOT, Settings
+from chat2audio.settings import PROJECT_ROOT, Settings, settings_from
 from chat2audio.speakers import SpeakerRegistry
-from llm import create_backend
+from chat2audio.wiring import create_llm, create_tts
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
-from tts import create_engine
 from tts.base import TTSEngine, VoiceParams
 
 
@@ -51,7 +50,7 @@ class Profile:
 
     @staticmethod
     def settings(env: dict[str, str]) -> Settings:
-        return Settings(**{key.removeprefix("CHAT2AUDIO_").lower(): value for key, value in env.items()})
+        return settings_from(env)
 
     def request(self, text: str) -> dict:
         return {"input": text, "speaker": self.speaker, "temperature": 0, "max_new_tokens": self.max_new_tokens}
@@ -61,9 +60,9 @@ class Profile:
         settings = self.settings(env)
         registry = SpeakerRegistry.scan(settings.speakers_dir, settings.prompts_dir)
         speaker = next(s for s in registry.all() if s.id == self.speaker)
-        llm = create_backend(settings)
+        llm = create_llm(settings)
         await llm.start()
-        tts = create_engine(speaker.engine, settings)
+        tts = create_tts(speaker.engine, settings)
         await tts.start()
         options = speaker.generation.apply(
             GenerationOptions(
@@ -130,8 +129,8 @@ class ScriptedProfile(Profile):
             "CHAT2AUDIO_SPEAKERS_DIR": str(speakers),
             "CHAT2AUDIO_PROMPTS_DIR": str(prompts),
             "CHAT2AUDIO_LLM_BACKEND": "scripted",
-            "CHAT2AUDIO_SCRIPTED_TOKEN_DELAY_S": "0.02",
-            "CHAT2AUDIO_SCRIPTED_TTS_RTF": "0.1",
+            "CHAT2AUDIO_TESTING__SCRIPTED_TOKEN_DELAY_S": "0.02",
+            "CHAT2AUDIO_TESTING__SCRIPTED_TTS_RTF": "0.1",
             "CHAT2AUDIO_MAX_CONCURRENT_REQUESTS": "8",
         }
 

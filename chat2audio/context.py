@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chat2audio.errors import InvalidInput
-from chat2audio.splitter import is_cjk
+from chat2audio.runtime.text import is_cjk
 from llm.base import ChatMessage
 
 TokenCounter = Callable[[list[ChatMessage]], int]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, is_cjk, is_speakable, speakable_text
+from chat2audio.runtime.text import is_cjk, is_speakable
+from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, VoiceParams
 

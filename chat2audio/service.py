@@ -6,7 +6,6 @@ control) and is kept on `app.state.service`; the HTTP layer only parses and enco
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 import anyio
 
-import tts
 from chat2audio.admission import AdmissionControl
 from chat2audio.context import estimate_tokens, fit_history
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, SessionStoreUnavailable, VoiceInputUnavailable
@@ -25,8 +23,7 @@ from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionSt
 from chat2audio.settings import Settings
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig
-from llm import create_backend
-from stt import create_backend as create_stt_backend
+from chat2audio.wiring import create_llm, create_stt, create_tts
 from stt.base import STTBackend
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, TTSError, hold_voice
@@ -94,7 +91,7 @@ class ChatService:
         for name in sorted(self.registry.engine_names()):
             engine = None
             try:
-                engine = tts.create_engine(name, self.settings)
+                engine = create_tts(name, self.settings)
                 await engine.start()
                 engines[name] = engine
             except ImportError as error:
@@ -109,7 +106,7 @@ class ChatService:
                     failed[name] = engine
         self.registry.attach_engines(engines, problems, self.settings.models_dir, failed=failed)
         try:
-            llm = create_backend(self.settings)
+            llm = create_llm(self.settings)
             await llm.start()
             self.llm = llm
         except Exception as error:
@@ -122,7 +119,7 @@ class ChatService:
     async def _start_stt(self) -> None:
         """Voice input is optional: when it fails, typed chat still works and voice requests say why."""
         try:
-            stt_backend = create_stt_backend(self.settings)
+            stt_backend = create_stt(self.settings)
             if stt_backend is not None:
                 await stt_backend.start()
             self.stt = stt_backend
@@ -281,8 +278,8 @@ class ChatService:
             prepared.reply,
             splitter_config=self.splitter_config,
             queue_size=self.settings.sentence_queue_size,
-            stream_first_sentence=stream_first_sentence and self.settings.pipeline_mode == "overlapped",
-            overlap=self.settings.pipeline_mode == "overlapped",
+            stream_first_sentence=stream_first_sentence and self.settings.testing.pipeline_mode == "overlapped",
+            overlap=self.settings.testing.pipeline_mode == "overlapped",
             timeout_s=self.settings.request_timeout_s,
             translate=self._translator(speaker) if speaker.translates and prepared.engine is not None else None,
         )

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+class TestingSettings(BaseModel):
+    """Knobs for tests and benchmarks only (`CHAT2AUDIO_TESTING__<NAME>`); never needed to serve."""
+
+    scripted_token_delay_s: float = Field(0.02, ge=0, description="speed of the scripted LLM")
+    scripted_tts_rtf: float = Field(0.1, ge=0, description="real-time factor of the scripted TTS")
+    pipeline_mode: Literal["overlapped", "sequential"] = Field(
+        "overlapped", description="sequential = the original design (whole reply, then speech); for benchmarks"
+    )
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHAT2AUDIO_", env_file=PROJECT_ROOT / ".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CHAT2AUDIO_", env_file=PROJECT_ROOT / ".env", extra="ignore", env_nested_delimiter="__"
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -68,14 +81,6 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="a reply taking longer fails with 504")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, in-flight replies get this long")
     sentence_queue_size: int = Field(4, ge=1)
-    pipeline_mode: Literal["overlapped", "sequential"] = Field(
-        "overlapped", description="sequential = the original design (whole reply, then speech); for benchmarks"
-    )
-
-    # Speeds of the scripted (deterministic) LLM and TTS used by tests and benchmarks.
-    scripted_token_delay_s: float = Field(0.02, ge=0)
-    scripted_tts_rtf: float = Field(0.1, ge=0)
-
     session_max_turns: int = Field(10, ge=0, description="user+assistant exchanges remembered per session")
     session_ttl_s: float = Field(1800.0, gt=0, description="idle sessions are forgotten after this long")
     max_sessions: int = Field(10000, ge=1)
@@ -98,6 +103,8 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    testing: TestingSettings = Field(default_factory=TestingSettings)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -116,3 +123,17 @@ class Settings(BaseSettings):
         """A model named in the configuration: a relative path lies under the models dir."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.models_dir / path
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Settings from `CHAT2AUDIO_*` variables given as a mapping instead of the process
+    environment (tests and benchmarks build a server's configuration this way)."""
+    fields: dict[str, Any] = {}
+    for key, value in env.items():
+        name = key.removeprefix("CHAT2AUDIO_").lower()
+        group, _, field = name.partition("__")
+        if field:
+            fields.setdefault(group, {})[field] = value
+        else:
+            fields[name] = value
+    return Settings(**fields)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import tts
 from chat2audio.errors import SpeakerUnavailable, UnknownSpeaker
+from chat2audio.wiring import TTS_ENGINES, voice_model
 from llm.base import GenerationOptions
 from tts.base import TTSEngine, VoiceParams
 
@@ -114,13 +114,13 @@ def parse_speaker_file(path: Path, prompts_dir: Path) -> Speaker:
     )
     problems: list[str] = []
     voice_problems: list[str] = []
-    if spec.engine not in tts.ENGINES:
+    if spec.engine not in TTS_ENGINES:
         voice_problems.append(
-            f"{path.name}: field engine: unknown engine {spec.engine!r} (known: {', '.join(tts.ENGINES)})"
+            f"{path.name}: field engine: unknown engine {spec.engine!r} (known: {', '.join(TTS_ENGINES)})"
         )
     else:
         try:
-            speaker = replace(speaker, voice=tts.voice_model(spec.engine).model_validate(spec.voice))
+            speaker = replace(speaker, voice=voice_model(spec.engine).model_validate(spec.voice))
         except ImportError as error:
             voice_problems.append(f"engine {spec.engine!r} is not installed ({error.name or error})")
         except ValidationError as error:

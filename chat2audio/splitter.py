@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chat2audio.runtime.text import is_cjk, is_speakable, speech_weight
+
 SENTENCE_ENDS = frozenset("。！？!?…；;.\n")
 SOFT_BREAKS = frozenset("，、,：:")
 CLOSERS = frozenset("\"'”’」』》")
@@ -39,21 +41,6 @@ LATIN_ABBREVIATIONS = frozenset(
 )
 _INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]|[A-Z]")  # "U.S", "e.g", "a.m", "J"
 _NUMBER = re.compile(r"\d+(?:[.,:，：．]\d+)*[%℃℉°]?")
-
-
-def is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return 0x3040 <= code <= 0x30FF or 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or 0xAC00 <= code <= 0xD7AF
-
-
-def speech_weight(text: str) -> int:
-    """Rough spoken length: a CJK character says about as much as three Latin letters."""
-    return sum(3 if is_cjk(ch) else 1 for ch in text if not ch.isspace())
-
-
-def is_speakable(text: str) -> bool:
-    """True when the text holds at least one letter or digit a TTS engine can say."""
-    return any(ch.isalnum() for ch in text)
 
 
 def is_dropped_char(ch: str) -> bool:

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from chat2audio.runtime.errors import EngineError
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
 
@@ -34,12 +36,11 @@ class TextPiece:
     finish_reason: FinishReason | None = None
 
 
-class LLMError(Exception):
+class LLMError(EngineError):
     """The backend could not produce a reply; `status` is the HTTP status to report."""
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
+    kind = "LLM"
+    default_status = 502
 
 
 @runtime_checkable

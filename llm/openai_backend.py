@@ -10,8 +10,7 @@ from typing import Any
 
 import httpx
 
-from chat2audio.settings import Settings
-from chat2audio.upstream import (
+from chat2audio.runtime.upstream import (
     UpstreamClient,
     describe_transport_failure,
     error_message,
@@ -180,14 +179,3 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
     if data:
         # The spec drops an unterminated event; servers that omit the last blank line exist.
         yield "\n".join(data)
-
-
-def create(settings: Settings) -> OpenAIBackend:
-    """The backend for `CHAT2AUDIO_LLM_BACKEND=openai`, configured from `settings`."""
-    return OpenAIBackend(
-        base_url=settings.llm_base_url,
-        model=settings.llm_model,
-        api_key=settings.llm_api_key,
-        timeout_s=settings.llm_timeout_s,
-        max_connections=max(100, 2 * settings.max_concurrent_requests),
-    )

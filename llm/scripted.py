@@ -7,7 +7,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from chat2audio.settings import Settings
 from llm.base import ChatMessage, GenerationOptions, TextPiece
 
 _TOKEN = re.compile(r"\s*[^\s]{1,4}|\s+")
@@ -40,7 +39,3 @@ class ScriptedLLM:
             yield TextPiece("", finish_reason="length" if cut else "stop")
         finally:
             self.active_generations -= 1
-
-
-def create(settings: Settings) -> ScriptedLLM:
-    return ScriptedLLM(token_delay_s=settings.scripted_token_delay_s)

@@ -16,11 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from chat2audio.devices import resolve_device
-from chat2audio.settings import Settings
-from chat2audio.threads import stream_from_thread
+from chat2audio.runtime.devices import resolve_device
+from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
-from llm.embedded import embedded_gguf_path
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +224,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def create(settings: Settings) -> TransformersBackend:
-    source = settings.model_path(settings.llm_model) if settings.llm_model else embedded_gguf_path()
-    return TransformersBackend(
-        model_source=source,
-        cache_dir=settings.cache_dir,
-        device=settings.device,
-        trust_remote_code=settings.trust_remote_code,
-    )

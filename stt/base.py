@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from chat2audio.runtime.errors import EngineError
+
 log = logging.getLogger(__name__)
 
 # Below this, an upload is not speech audio but a mislabelled file (and resampling it is absurd).
@@ -27,16 +29,15 @@ BLOCK_SAMPLES = 1 << 19
 MAX_RESAMPLE_KERNEL = 1 << 20
 
 
-class STTError(Exception):
+class STTError(EngineError):
     """Transcription failed; `status` is the HTTP status to report.
 
     422: the audio itself is at fault (undecodable, empty, too long, unsupported language);
     502/503/504: the engine or the upstream server is.
     """
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
+    kind = "speech-to-text"
+    default_status = 502
 
 
 @runtime_checkable

@@ -7,15 +7,13 @@ import asyncio
 import json
 import mimetypes
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from chat2audio.upstream import UpstreamClient, describe_transport_failure, read_error, upstream_http_status
+from chat2audio.runtime.upstream import UpstreamClient, describe_transport_failure, read_error, upstream_http_status
 from stt.base import STTError, audio_duration
 
-if TYPE_CHECKING:
-    from chat2audio.settings import Settings
 
 # A transcript of a minute of speech is a few kB of JSON; anything far larger is not one.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -123,15 +121,3 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
         if len(raw) > limit:
             return None
     return raw
-
-
-def create(settings: Settings) -> OpenAISTTBackend:
-    """The backend for `CHAT2AUDIO_STT_BACKEND=openai`, configured from `settings`."""
-    return OpenAISTTBackend(
-        base_url=settings.stt_base_url,
-        model=settings.stt_model,
-        api_key=settings.stt_api_key,
-        language=settings.stt_language,
-        max_audio_seconds=settings.stt_max_audio_seconds,
-        max_connections=max(100, 2 * settings.max_concurrent_requests),
-    )

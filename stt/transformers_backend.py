@@ -12,15 +12,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from chat2audio.devices import resolve_device
+from chat2audio.runtime.devices import resolve_device
 from stt.base import STTError, decode_audio
 
-if TYPE_CHECKING:
-    from chat2audio.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +220,3 @@ def _check_whisper_dir(model_dir: Path) -> None:
         raise STTError(f"{config_file}: model_type is {model_type!r}, not 'whisper'", status=503)
     if not (model_dir / "preprocessor_config.json").is_file():
         raise STTError(f"{model_dir} has no preprocessor_config.json (the Whisper feature extractor)", status=503)
-
-
-def create(settings: Settings) -> TransformersSTTBackend:
-    """The backend for `CHAT2AUDIO_STT_BACKEND=transformers`, configured from `settings`."""
-    model_dir = settings.model_path(settings.stt_model) if settings.stt_model else None
-    return TransformersSTTBackend(
-        model_dir=model_dir,
-        device=settings.device,
-        language=settings.stt_language,
-        max_audio_seconds=settings.stt_max_audio_seconds,
-    )

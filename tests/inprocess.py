@@ -9,14 +9,14 @@ from pathlib import Path
 
 from chat2audio.protocol import ChatRequest
 from chat2audio.service import ChatService
-from chat2audio.settings import Settings
+from chat2audio.settings import settings_from
 from tests.e2e.conftest import scripted_env
 
 
 @asynccontextmanager
 async def scripted_service(root: Path, **settings: str) -> AsyncIterator[ChatService]:
     env = scripted_env(root, **settings)
-    service = ChatService(Settings(**{key.removeprefix("CHAT2AUDIO_").lower(): value for key, value in env.items()}))
+    service = ChatService(settings_from(env))
     await service.start()
     try:
         yield service

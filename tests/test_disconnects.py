@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from chat2audio.threads import stream_from_thread
+from chat2audio.runtime.threads import stream_from_thread
 from llm.base import TextPiece
 from tests.inprocess import scripted_service, speak
 

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from chat2audio.threads import stream_from_thread
+from chat2audio.runtime.threads import stream_from_thread
 
 
 async def test_a_slow_reader_throttles_the_producer_and_leaving_stops_it():
@@ -34,10 +34,10 @@ async def test_a_slow_reader_throttles_the_producer_and_leaving_stops_it():
 
 
 async def test_stopping_an_engine_with_work_in_flight_does_not_block_the_event_loop():
-    from tts.espeak import create
     from chat2audio.settings import Settings
+    from chat2audio.wiring import create_tts
 
-    engine = create(Settings())
+    engine = create_tts("espeak", Settings())
     await engine.start()
     running = threading.Event()
 

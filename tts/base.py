@@ -11,6 +11,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from chat2audio.runtime.errors import EngineError
+
 
 class VoiceParams(BaseModel):
     """Base class of an engine's `[voice]` table in a speaker file (engine-specific fields)."""
@@ -22,12 +24,11 @@ class VoiceParams(BaseModel):
         return []
 
 
-class TTSError(Exception):
+class TTSError(EngineError):
     """Synthesis failed; `status` is the HTTP status to report if audio has not started yet."""
 
-    def __init__(self, message: str, *, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
+    kind = "TTS"
+    default_status = 500
 
 
 @runtime_checkable

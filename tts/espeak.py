@@ -17,9 +17,8 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from chat2audio.settings import Settings
 from tts.base import TTSError, VoiceParams
-from chat2audio.threads import stream_from_thread
+from chat2audio.runtime.threads import stream_from_thread
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -160,9 +159,3 @@ class EspeakEngine:
             self._callback_target = None
         if merge and pieces and not cancelled.is_set():
             emit(np.concatenate(pieces))
-
-
-def create(settings: Settings) -> EspeakEngine:
-    import espeakng_loader  # the wheel that bundles libespeak-ng and its data
-
-    return EspeakEngine(library_path=espeakng_loader.get_library_path(), data_path=espeakng_loader.get_data_path())

@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
-import re
 import threading
 import time
 import warnings
@@ -28,8 +26,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from chat2audio.settings import Settings
-from chat2audio.threads import stream_from_thread
+from chat2audio.runtime.text import is_speakable
+from chat2audio.runtime.threads import stream_from_thread
 from tts.base import TTSError, VoiceParams
 
 log = logging.getLogger(__name__)
@@ -57,7 +55,6 @@ WHERE_TO_GET = (
 )
 
 # Anything a voice can say: a sentence of only punctuation or emoji has nothing to synthesize.
-_SPEAKABLE = re.compile(r"\w")
 _PAUSE_END = tuple("。！？!?.，,；;：:…~")
 
 Language = Literal["zh", "en", "ja", "auto"]
@@ -323,7 +320,7 @@ class GPTSoVITSEngine:
         assert isinstance(voice, GPTSoVITSVoice)
         if self._tts is None:
             raise TTSError("GPT-SoVITS engine is not started", status=503)
-        if not _SPEAKABLE.search(text):
+        if not is_speakable(text):
             return
         if len(text) > MAX_SENTENCE_CHARS:
             raise TTSError(
@@ -649,10 +646,3 @@ def _import_gsv_tts() -> _GsvModules:
             root.removeHandler(handler)
     root.setLevel(level)
     return modules
-
-
-def create(settings: Settings) -> GPTSoVITSEngine:
-    for package in ("gsv_tts", "torch", "torchaudio"):
-        if importlib.util.find_spec(package) is None:
-            raise ImportError(f"{package} is not installed (pip install gsv-tts-lite)", name=package)
-    return GPTSoVITSEngine(models_dir=settings.models_dir, device=settings.device, cache_size=settings.tts_cache_size)

@@ -11,8 +11,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from chat2audio.settings import Settings
-from chat2audio.splitter import speech_weight
+from chat2audio.runtime.text import speech_weight
 from tts.base import TTSError, VoiceParams
 
 SAMPLE_RATE = 16000
@@ -67,7 +66,3 @@ class ScriptedTTS:
                 yield part
         finally:
             self.active_syntheses -= 1
-
-
-def create(settings: Settings) -> ScriptedTTS:
-    return ScriptedTTS(rtf=settings.scripted_tts_rtf)

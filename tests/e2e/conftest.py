@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from chat2audio.settings import TestingSettings
+
 TOKEN_DELAY_S = 0.05
 
 SCRIPTED_SPEAKERS = {
@@ -28,13 +30,18 @@ def scripted_env(root: Path, **settings: str) -> dict[str, str]:
         "CHAT2AUDIO_SPEAKERS_DIR": str(speakers),
         "CHAT2AUDIO_PROMPTS_DIR": str(prompts),
         "CHAT2AUDIO_LLM_BACKEND": "scripted",
-        "CHAT2AUDIO_SCRIPTED_TOKEN_DELAY_S": str(TOKEN_DELAY_S),
-        "CHAT2AUDIO_SCRIPTED_TTS_RTF": "0.1",
+        "CHAT2AUDIO_TESTING__SCRIPTED_TOKEN_DELAY_S": str(TOKEN_DELAY_S),
+        "CHAT2AUDIO_TESTING__SCRIPTED_TTS_RTF": "0.1",
         "CHAT2AUDIO_MAX_INPUT_CHARS": "12000",
         "CHAT2AUDIO_MAX_BODY_BYTES": "16384",
         "CHAT2AUDIO_LLM_MAX_NEW_TOKENS": "4000",
-        **{f"CHAT2AUDIO_{key.upper()}": value for key, value in settings.items()},
+        **{_variable(key): value for key, value in settings.items()},
     }
+
+
+def _variable(setting: str) -> str:
+    group = "TESTING__" if setting in TestingSettings.model_fields else ""
+    return f"CHAT2AUDIO_{group}{setting.upper()}"
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ sentence-by-sentence arrival, valid WAVs, events, errors, and work that stops wh
 from __future__ import annotations
 
 import io
-import json
 import time
 from urllib.parse import unquote
 

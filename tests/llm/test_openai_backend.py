@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from chat2audio.settings import Settings
-from llm import create_backend
+from chat2audio.wiring import create_llm
 from llm.base import ChatMessage, GenerationOptions, LLMBackend, LLMError, TextPiece
-from llm.openai_backend import OpenAIBackend, create
+from llm.openai_backend import OpenAIBackend
 from tests.fixtures.openai_stub_server import DEFAULT_REPLY, OpenAIStubServer, split_pieces
 
 API_KEY = "sk-test-SECRET-0123456789"
@@ -328,9 +328,8 @@ async def test_create_from_settings(stub: OpenAIStubServer) -> None:
         llm_api_key=API_KEY,
         llm_timeout_s=7,
     )
-    b = create_backend(settings)
+    b = create_llm(settings)
     assert isinstance(b, OpenAIBackend) and b.name == "openai"
-    assert isinstance(create(settings), OpenAIBackend)
     await b.start()
     try:
         pieces = await collect(b, options=GenerationOptions())

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from chat2audio.settings import Settings
-from stt import BACKENDS, create_backend
+from chat2audio.wiring import STT_BACKENDS, create_stt
 from stt.base import STTBackend, STTError, audio_duration, decode_audio
 from stt.openai_backend import OpenAISTTBackend, upload_name
 from stt.transformers_backend import TransformersSTTBackend
@@ -118,13 +118,13 @@ def test_audio_duration() -> None:
 
 
 def test_create_backend_by_name(tmp_path: Path) -> None:
-    assert create_backend(settings(stt_backend="none")) is None
-    assert set(BACKENDS) == {"transformers", "openai"}
-    local = create_backend(settings(stt_backend="transformers", stt_model="whisper-tiny", models_dir=tmp_path,
+    assert create_stt(settings(stt_backend="none")) is None
+    assert set(STT_BACKENDS) == {"transformers", "openai"}
+    local = create_stt(settings(stt_backend="transformers", stt_model="whisper-tiny", models_dir=tmp_path,
                                     stt_language="zh", stt_max_audio_seconds=30.0))
     assert isinstance(local, TransformersSTTBackend) and isinstance(local, STTBackend)
     assert local.model_dir == tmp_path / "whisper-tiny"  # relative = under the models dir
-    remote = create_backend(settings(stt_backend="openai", stt_model="whisper-1",
+    remote = create_stt(settings(stt_backend="openai", stt_model="whisper-1",
                                      stt_base_url="http://127.0.0.1:1/v1", stt_api_key=API_KEY))
     assert isinstance(remote, OpenAISTTBackend) and isinstance(remote, STTBackend)
     assert remote.url == "http://127.0.0.1:1/v1/audio/transcriptions"
@@ -133,10 +133,10 @@ def test_create_backend_by_name(tmp_path: Path) -> None:
 def test_create_backend_from_real_settings(tmp_path: Path) -> None:
     from chat2audio.settings import Settings
 
-    assert create_backend(Settings(_env_file=None)) is None  # voice input is off by default
-    local = create_backend(Settings(_env_file=None, stt_backend="transformers", stt_model="w", models_dir=tmp_path))
+    assert create_stt(Settings(_env_file=None)) is None  # voice input is off by default
+    local = create_stt(Settings(_env_file=None, stt_backend="transformers", stt_model="w", models_dir=tmp_path))
     assert isinstance(local, TransformersSTTBackend) and local.model_dir == tmp_path / "w"
-    remote = create_backend(Settings(_env_file=None, stt_backend="openai", stt_model="whisper-1",
+    remote = create_stt(Settings(_env_file=None, stt_backend="openai", stt_model="whisper-1",
                                      stt_base_url="http://127.0.0.1:1/v1"))
     assert isinstance(remote, OpenAISTTBackend)
 
@@ -152,7 +152,7 @@ def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def whisper(whisper_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TransformersSTTBackend]:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    backend = create_backend(settings(stt_backend="transformers", stt_model=whisper_dir.name,
+    backend = create_stt(settings(stt_backend="transformers", stt_model=whisper_dir.name,
                                       models_dir=whisper_dir.parent))
     assert isinstance(backend, TransformersSTTBackend)
     backend._max_new_tokens = 12  # a random model never says <|endoftext|>

@@ -18,7 +18,7 @@ from chat2audio.errors import SpeakerUnavailable
 from chat2audio.settings import PROJECT_ROOT, Settings
 from chat2audio.speakers import SpeakerRegistry, parse_speaker_file
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, start_tiny_engine, tiny_voice, write_speaker_toml
-from tts import gpt_sovits
+from chat2audio.wiring import create_tts
 from tts.base import HoldsVoices, TTSEngine, TTSError, hold_voice
 from tts.gpt_sovits import GPTSoVITSEngine
 
@@ -78,11 +78,11 @@ def test_import_is_cheap_and_create_needs_the_package(monkeypatch, tmp_path):
     code = "import sys, tts.gpt_sovits; print(sorted({'torch', 'gsv_tts', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-    engine = gpt_sovits.create(Settings(models_dir=tmp_path, device="cpu", tts_cache_size=3))
+    engine = create_tts("gpt-sovits", Settings(models_dir=tmp_path, device="cpu", tts_cache_size=3))
     assert (engine.models_dir, engine.device_setting, engine.cache_size) == (tmp_path, "cpu", 3)
     monkeypatch.setitem(sys.modules, "gsv_tts", None)  # as if gsv-tts-lite were not installed
     with pytest.raises(ImportError):
-        gpt_sovits.create(Settings(models_dir=tmp_path))
+        create_tts("gpt-sovits", Settings(models_dir=tmp_path))
 
 
 # -- checks before any model loads -------------------------------------------------------------------

@@ -1,0 +1,16 @@
+"""The one base of every engine failure (LLM, TTS, speech-to-text)."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """An engine could not do its job. The message is written for the client (no internal
+    detail: engines log that themselves); `status` is the HTTP status to report: < 500 when the
+    input is at fault, 5xx when the engine or its upstream server is."""
+
+    kind = "engine"  # how the client is told which engine failed: "LLM: ..."
+    default_status = 502
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status if status is not None else self.default_status
