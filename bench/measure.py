@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from chat2audio.pipeline import Reply, speak_reply
+from chat2audio.pipeline import speak_reply
 from chat2audio.runtime.text import is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
@@ -117,7 +117,7 @@ async def pipeline_in_process(
 ) -> float:
     """The same pipeline the server runs, without HTTP: seconds to the last audio chunk."""
     started = time.perf_counter()
-    async with aclosing(speak_reply(llm, tts, voice, messages, options, Reply())) as chunks:
+    async with aclosing(speak_reply(llm, tts, voice, messages, options)) as chunks:
         async for _ in chunks:
             pass
     return time.perf_counter() - started

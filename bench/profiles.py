@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat2audio.settings import PROJECT_ROOT, Settings, settings_from
+from chat2audio.settings import PROJECT_ROOT, Settings, generation_defaults, settings_from
 from chat2audio.speakers import SpeakerRegistry
 from chat2audio.wiring import create_llm, create_tts
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
@@ -64,12 +64,7 @@ class Profile:
         await llm.start()
         tts = create_tts(speaker.engine, settings)
         await tts.start()
-        options = speaker.generation.apply(
-            GenerationOptions(
-                max_new_tokens=settings.llm_max_new_tokens, temperature=settings.llm_temperature,
-                top_p=settings.llm_top_p, repetition_penalty=settings.llm_repetition_penalty,
-            )
-        )
+        options = speaker.generation.apply(generation_defaults(settings))
         request = self.request("")
         options = GenerationOptions(
             max_new_tokens=request["max_new_tokens"], temperature=request["temperature"],

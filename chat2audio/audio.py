@@ -8,6 +8,8 @@ import struct
 import numpy as np
 import soundfile
 
+from chat2audio.runtime.audio import clean_audio
+
 # RIFF and data sizes of a stream whose length is not known when the header is sent. ffmpeg,
 # sox and libsndfile read such a file up to its real end.
 UNKNOWN_SIZE = 0xFFFFFFFF
@@ -15,15 +17,13 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 def to_pcm16(audio: np.ndarray) -> bytes:
     """Little-endian 16-bit PCM; values outside [-1, 1] are clipped, NaN becomes silence."""
-    samples = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return (clean_audio(audio) * 32767.0).astype("<i2").tobytes()
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """One complete mono 16-bit WAV file."""
     buffer = io.BytesIO()
-    samples = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
-    soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    soundfile.write(buffer, clean_audio(audio), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
 
 

@@ -1,22 +1,11 @@
-"""Domain errors and the one place they become HTTP responses."""
+"""Domain errors: what a client may be told, with the HTTP status each one means. No web
+framework here; `chat2audio.http.errors` is the one place these become responses."""
 
 from __future__ import annotations
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
-
-from chat2audio.protocol import ErrorDetail, ErrorResponse
 from chat2audio.pipeline import ReplyTimeout
-from llm.base import LLMError
+from chat2audio.runtime.errors import EngineError
 from stt.base import STTError
-from tts.base import TTSError
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -69,10 +58,6 @@ class VoiceInputUnavailable(ServiceError):
     status, type = 503, "voice_input_unavailable"
 
 
-class Forbidden(ServiceError):
-    status, type = 403, "forbidden"
-
-
 class NotReady(ServiceError):
     status, type = 503, "not_ready"
 
@@ -81,8 +66,12 @@ class Unauthorized(ServiceError):
     status, type = 401, "unauthorized"
 
 
+class Forbidden(ServiceError):
+    status, type = 403, "forbidden"
+
+
 class UpstreamError(ServiceError):
-    """The LLM or TTS failed; the status comes from the backend (502/503/504)."""
+    """An engine (LLM, TTS, speech-to-text) failed; the status comes from it (5xx)."""
 
     type = "upstream_error"
 
@@ -91,76 +80,21 @@ class UpstreamError(ServiceError):
         self.status = status
 
 
+INTERNAL_ERROR_MESSAGE = "internal error; see the server log"
+
+
 def as_service_error(error: BaseException) -> ServiceError:
-    """What the client may be told about any failure; unknown errors say nothing internal."""
+    """What the client may be told about any failure; unknown errors say nothing internal.
+
+    An engine error below 500 means the input was at fault (a sentence too long to synthesize,
+    undecodable audio): the client gets an input error, not an upstream one."""
     if isinstance(error, ServiceError):
         return error
-    if isinstance(error, LLMError):
-        return UpstreamError(f"LLM: {error}", status=error.status)
-    if isinstance(error, TTSError):
-        return UpstreamError(f"TTS: {error}", status=error.status)
-    if isinstance(error, STTError):
+    if isinstance(error, EngineError):
+        message = f"{error.kind}: {error}"
         if error.status < 500:
-            return InvalidAudio(f"speech-to-text: {error}")
-        return UpstreamError(f"speech-to-text: {error}", status=error.status)
+            return InvalidAudio(message) if isinstance(error, STTError) else InvalidInput(message)
+        return UpstreamError(message, status=error.status)
     if isinstance(error, ReplyTimeout):
         return UpstreamError(str(error), status=504)
-    return ServiceError("internal error; see the server log")
-
-
-def error_body(status: int, type_: str, message: str) -> dict:
-    return ErrorResponse(error=ErrorDetail(type=type_, message=message)).model_dump()
-
-
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.type, error.message), status_code=error.status, headers=error.headers)
-
-
-def allowed_methods(request: Request) -> set[str]:
-    """Every method served at this request's path, read from the app's OpenAPI paths.
-
-    Starlette's 405 names only the first matching route's methods; a path served by two routes
-    (GET and DELETE /sessions/{id}) needs them all in `Allow`.
-    """
-    methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {method.upper() for method in operations}
-    if "GET" in methods:
-        methods.add("HEAD")  # Starlette serves HEAD wherever it serves GET
-    return methods
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error)
-
-    @app.exception_handler(LLMError)
-    @app.exception_handler(TTSError)
-    @app.exception_handler(ReplyTimeout)
-    @app.exception_handler(STTError)
-    async def _engine_error(request: Request, error: Exception) -> JSONResponse:
-        log.warning("request %s failed: %s", request.state.request_id, error)
-        return error_response(as_service_error(error))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
-            problems.append(f"{where}: {item.get('msg', 'invalid')}")
-        return JSONResponse(error_body(422, "invalid_request", "; ".join(problems)[:1000]), status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status_code, "http_error")
-        headers = dict(error.headers or {})
-        if error.status_code == 405:
-            headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
-        return JSONResponse(error_body(error.status_code, type_, str(error.detail)), status_code=error.status_code, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("request %s failed", getattr(request.state, "request_id", "?"))
-        return JSONResponse(error_body(500, "internal_error", "internal error; see the server log"), status_code=500)
+    return ServiceError(INTERNAL_ERROR_MESSAGE)

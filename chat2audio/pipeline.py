@@ -12,7 +12,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
@@ -35,24 +36,14 @@ class AudioChunk:
     speech: str = ""
 
 
-@dataclass
-class ReplyTimings:
-    """Seconds since the pipeline started."""
+@dataclass(frozen=True)
+class ReplyFinished:
+    """The last item of a reply: what was written and what was spoken."""
 
-    first_text: float | None = None
-    first_sentence: float | None = None
-    first_audio: float | None = None
-    llm_done: float | None = None
-
-
-@dataclass
-class Reply:
-    """Filled in while the pipeline runs; complete once the generator is exhausted."""
-
-    raw_text: str = ""
-    spoken: list[str] = field(default_factory=list)
-    finish_reason: str = "stop"
-    timings: ReplyTimings = field(default_factory=ReplyTimings)
+    raw_text: str
+    spoken: tuple[str, ...]
+    finish_reason: str
+    llm_done_s: float  # seconds from the start until the LLM had written everything
 
     @property
     def spoken_text(self) -> str:
@@ -65,7 +56,10 @@ class Reply:
         return self.spoken_text if self.finish_reason == "length" else self.raw_text.strip()
 
 
-def join_sentences(sentences: list[str]) -> str:
+ReplyItem = Union[AudioChunk, ReplyFinished]
+
+
+def join_sentences(sentences: list[str] | tuple[str, ...]) -> str:
     """Join with a space between Latin sentences and nothing between CJK ones."""
     text = ""
     for sentence in sentences:
@@ -75,17 +69,26 @@ def join_sentences(sentences: list[str]) -> str:
     return text
 
 
-_END = object()
-_NO_AUDIO = np.zeros(0, dtype=np.float32)
-
-
 class ReplyTimeout(Exception):
     """The reply did not finish within the request timeout."""
+
+
+_END = object()
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 
 class _Failed:
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+@dataclass
+class _Written:
+    """What the writer stage has seen of the LLM's output so far."""
+
+    raw_text: str = ""
+    finish_reason: str = "stop"
+    llm_done_s: float = 0.0
 
 
 Translator = Callable[[str], Awaitable[str]]
@@ -97,7 +100,6 @@ async def speak_reply(
     voice: VoiceParams | None,
     messages: list[ChatMessage],
     options: GenerationOptions,
-    reply: Reply,
     *,
     splitter_config: SplitterConfig | None = None,
     queue_size: int = 4,
@@ -105,8 +107,8 @@ async def speak_reply(
     overlap: bool = True,
     timeout_s: float | None = None,
     translate: Translator | None = None,
-) -> AsyncIterator[AudioChunk]:
-    """Yield the reply's audio, sentence by sentence, chunk by chunk; fill `reply` as it goes.
+) -> AsyncIterator[ReplyItem]:
+    """Yield the reply's audio, sentence by sentence, chunk by chunk, then one ReplyFinished.
 
     Without `tts` (text-only replies) each sentence comes as one empty, finished chunk. With
     `translate`, each sentence is translated before synthesis, in a stage of its own, so the
@@ -114,80 +116,85 @@ async def speak_reply(
     original system's design, kept for benchmarks: the whole reply is written before the first
     sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout.
     """
-    started = time.perf_counter()
-    within_deadline = _Deadline(timeout_s)
-
-    def elapsed() -> float:
-        return time.perf_counter() - started
-
+    deadline = _Deadline(timeout_s)
+    written_so_far = _Written()
     written: asyncio.Queue = asyncio.Queue(maxsize=queue_size if overlap else 0)
-
-    async def write() -> None:
-        splitter = SentenceSplitter(splitter_config)
-        try:
-            async with aclosing(llm.stream_chat(messages, options)) as pieces:
-                while True:
-                    async with within_deadline():
-                        piece = await anext(pieces, None)
-                    if piece is None:
-                        break
-                    if piece.text and reply.timings.first_text is None:
-                        reply.timings.first_text = elapsed()
-                    reply.raw_text += piece.text
-                    if piece.finish_reason:
-                        reply.finish_reason = piece.finish_reason
-                    for sentence in splitter.feed(piece.text):
-                        await written.put(sentence)
-            reply.timings.llm_done = elapsed()
-            for sentence in splitter.finish(drop_incomplete=reply.finish_reason == "length"):
-                await written.put(sentence)
-            await written.put(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # handed to the reader, which raises it in the request
-            # Sentences the LLM finished before it failed are still spoken, then the error is told.
-            for sentence in splitter.finish(drop_incomplete=True):
-                if ends_sentence(sentence):
-                    await written.put(sentence)
-            await written.put(_Failed(error))
-
-    stages = [asyncio.create_task(write(), name="reply-writer")]
+    writer = _write_sentences(llm, messages, options, SentenceSplitter(splitter_config), written, written_so_far, deadline)
+    stages = [asyncio.create_task(writer, name="reply-writer")]
     to_speak = written
     if translate is not None:
         to_speak = asyncio.Queue(maxsize=queue_size if overlap else 0)
-        stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, within_deadline)))
+        stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, deadline)))
+    spoken: list[str] = []
     try:
         if not overlap:
             await asyncio.shield(stages[0])
         index = 0
-        while True:
-            async with within_deadline():
-                item = await to_speak.get()
-            if item is _END:
-                break
-            if isinstance(item, _Failed):
-                raise item.error
-            text, speech = item if isinstance(item, tuple) else (item, item)
+        while (sentence := await _next_sentence(to_speak, deadline)) is not None:
+            text, speech = sentence
             if not is_speakable(speech):
                 continue
-            if reply.timings.first_sentence is None:
-                reply.timings.first_sentence = elapsed()
             if tts is not None:
                 streaming = stream_first_sentence and index == 0
                 async with aclosing(tts.synthesize(speech, voice, streaming=streaming)) as chunks:
-                    while True:
-                        async with within_deadline():
-                            audio = await anext(chunks, None)
-                        if audio is None:
-                            break
-                        if reply.timings.first_audio is None:
-                            reply.timings.first_audio = elapsed()
+                    while (audio := await _next_within(chunks, deadline)) is not None:
                         yield AudioChunk(index, text, audio, sentence_done=False, speech=speech)
-            reply.spoken.append(text)
+            spoken.append(text)
             yield AudioChunk(index, text, _NO_AUDIO, sentence_done=True, speech=speech)
             index += 1
     finally:
         await _stop_stages(stages, [written, to_speak])
+    yield ReplyFinished(written_so_far.raw_text, tuple(spoken), written_so_far.finish_reason, written_so_far.llm_done_s)
+
+
+async def _write_sentences(
+    llm: LLMBackend,
+    messages: list[ChatMessage],
+    options: GenerationOptions,
+    splitter: SentenceSplitter,
+    written: asyncio.Queue,
+    seen: _Written,
+    deadline: _Deadline,
+) -> None:
+    """The writer stage: LLM pieces through the splitter onto `written`, then the end marker.
+    A failure is put on the queue for the reader, which raises it in the request."""
+    started = time.perf_counter()
+    try:
+        async with aclosing(llm.stream_chat(messages, options)) as pieces:
+            while (piece := await _next_within(pieces, deadline)) is not None:
+                seen.raw_text += piece.text
+                if piece.finish_reason:
+                    seen.finish_reason = piece.finish_reason
+                for sentence in splitter.feed(piece.text):
+                    await written.put(sentence)
+        seen.llm_done_s = time.perf_counter() - started
+        for sentence in splitter.finish(drop_incomplete=seen.finish_reason == "length"):
+            await written.put(sentence)
+        await written.put(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        # Sentences the LLM finished before it failed are still spoken, then the error is told.
+        for sentence in splitter.finish(drop_incomplete=True):
+            if ends_sentence(sentence):
+                await written.put(sentence)
+        await written.put(_Failed(error))
+
+
+async def _next_sentence(queue: asyncio.Queue, deadline: _Deadline) -> tuple[str, str] | None:
+    """(as written, as spoken) of the next sentence; None at the end; raises what a stage failed with."""
+    async with deadline():
+        item = await queue.get()
+    if item is _END:
+        return None
+    if isinstance(item, _Failed):
+        raise item.error
+    return item if isinstance(item, tuple) else (item, item)
+
+
+async def _next_within(items: AsyncIterator, deadline: _Deadline):
+    async with deadline():
+        return await anext(items, None)
 
 
 class _Deadline:
@@ -228,7 +235,7 @@ async def _stop_stages(stages: list[asyncio.Task], queues: list[asyncio.Queue]) 
             stage.exception()  # retrieved: a stage's failure was already handed to the reader
 
 
-async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, translate: Translator, within_deadline: _Deadline) -> None:
+async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, translate: Translator, deadline: _Deadline) -> None:
     """Sentences in, (sentence, its translation) out; failures and the end are passed on."""
     while True:
         item = await source.get()
@@ -238,7 +245,7 @@ async def _translate_stage(source: asyncio.Queue, target: asyncio.Queue, transla
         if not is_speakable(item):
             continue
         try:
-            async with within_deadline():
+            async with deadline():
                 translation = (await translate(item)).strip()
         except asyncio.CancelledError:
             raise

@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SPEAKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llm.base import GenerationOptions
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,10 +47,11 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_timeout_s: float = Field(60.0, gt=0)
-    llm_max_new_tokens: int = Field(160, ge=1, le=8192)
-    llm_temperature: float = Field(0.7, ge=0.0, le=5.0)
-    llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
-    llm_repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
+    # The defaults are GenerationOptions' own: one place says what a reply is generated with.
+    llm_max_new_tokens: int = Field(GenerationOptions.max_new_tokens, ge=1, le=8192)
+    llm_temperature: float = Field(GenerationOptions.temperature, ge=0.0, le=5.0)
+    llm_top_p: float = Field(GenerationOptions.top_p, gt=0.0, le=1.0)
+    llm_repetition_penalty: float = Field(GenerationOptions.repetition_penalty, ge=0.5, le=3.0)
     llm_context_tokens: int | None = Field(
         None,
         ge=64,
@@ -137,3 +140,11 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         else:
             fields[name] = value
     return Settings(**fields)
+
+
+def generation_defaults(settings: Settings) -> GenerationOptions:
+    """The configured generation settings, before a speaker's `[llm]` table or a request's overrides."""
+    return GenerationOptions(
+        max_new_tokens=settings.llm_max_new_tokens, temperature=settings.llm_temperature,
+        top_p=settings.llm_top_p, repetition_penalty=settings.llm_repetition_penalty,
+    )

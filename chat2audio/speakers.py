@@ -58,7 +58,6 @@ class SpeakerFile(BaseModel):
 @dataclass(frozen=True)
 class Speaker:
     id: str
-    source: Path
     engine: str | None = None
     display_name: str | None = None
     description: str | None = None
@@ -102,13 +101,13 @@ def parse_speaker_file(path: Path, prompts_dir: Path) -> Speaker:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        return Speaker(speaker_id, path, problems=(f"{path.name}: not valid TOML ({error})",))
+        return Speaker(speaker_id, problems=(f"{path.name}: not valid TOML ({error})",))
     try:
         spec = SpeakerFile.model_validate(data)
     except ValidationError as error:
-        return Speaker(speaker_id, path, problems=tuple(f"{path.name}: {p}" for p in _field_errors(error)))
+        return Speaker(speaker_id, problems=tuple(f"{path.name}: {p}" for p in _field_errors(error)))
     speaker = Speaker(
-        speaker_id, path, engine=spec.engine, display_name=spec.display_name or speaker_id,
+        speaker_id, engine=spec.engine, display_name=spec.display_name or speaker_id,
         description=spec.description, language=spec.language, speech_language=spec.speech_language,
         generation=spec.llm,
     )

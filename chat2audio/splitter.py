@@ -289,10 +289,6 @@ class SentenceSplitter:
         self._emitted_count = 0
         self._finished = False
 
-    @property
-    def emitted_count(self) -> int:
-        return self._emitted_count
-
     def feed(self, piece: str) -> list[str]:
         if self._finished:
             raise RuntimeError("feed() after finish()")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chat2audio.runtime.devices import resolve_device
+from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 
@@ -141,7 +142,6 @@ class TransformersBackend:
         cancelled: threading.Event,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if cancelled.is_set():
             return
@@ -155,17 +155,13 @@ class TransformersBackend:
 
         streamer = IncrementalDetokenizer(tokenizer, lambda text: emit(TextPiece(text)))
 
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
-
         sampling = options.temperature > 0
         generation_kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_new_tokens,
             "do_sample": sampling,
             "repetition_penalty": options.repetition_penalty,
             "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([StopWhenCancelled()]),
+            "stopping_criteria": stop_when_set(cancelled),
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         }
         if sampling:

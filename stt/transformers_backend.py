@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from chat2audio.runtime.devices import resolve_device
+from chat2audio.runtime.generation import stop_when_set
 from stt.base import STTError, decode_audio
 
 
@@ -172,11 +173,6 @@ class TransformersSTTBackend:
         max_new_tokens: int | None = None,
     ) -> str:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
 
         window = WINDOW_SECONDS * self._sampling_rate
         texts = []
@@ -198,7 +194,7 @@ class TransformersSTTBackend:
                 tokens = self._model.generate(
                     features,
                     generation_config=config,
-                    stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+                    stopping_criteria=stop_when_set(cancelled),
                     **kwargs,
                 )
             texts.append(

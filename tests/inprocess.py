@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
-from chat2audio.protocol import ChatRequest
+from chat2audio.pipeline import AudioChunk
+from chat2audio.protocol import ChatOptions
 from chat2audio.service import ChatService
 from chat2audio.settings import settings_from
 from tests.e2e.conftest import scripted_env
@@ -26,10 +27,9 @@ async def scripted_service(root: Path, **settings: str) -> AsyncIterator[ChatSer
 
 async def speak(service: ChatService, text: str, *, session_id: str | None = None, speaker: str = "Low") -> int:
     """One whole reply, as a client that listens to the end would get it; returns its samples."""
-    request = ChatRequest(input=text, speaker=speaker, session_id=session_id)
-    prepared = await service.prepare(request, text=request.input)
     samples = 0
-    async with aclosing(service.reply_audio(prepared, stream_first_sentence=True)) as chunks:
-        async for chunk in chunks:
-            samples += chunk.audio.size
+    async with aclosing(service.reply(ChatOptions(speaker=speaker, session_id=session_id), text=text)) as events:
+        async for event in events:
+            if isinstance(event, AudioChunk):
+                samples += event.audio.size
     return samples

@@ -11,6 +11,7 @@ import asyncio
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -30,12 +31,13 @@ class ThreadFedLLM:
     def __init__(self) -> None:
         self.running = 0
         self._lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="thread-fed-llm")
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        pass
+        self.worker.shutdown(wait=False)
 
     def stream_chat(self, messages, options):
         def produce(emit, cancelled: threading.Event) -> None:
@@ -51,7 +53,7 @@ class ThreadFedLLM:
                 with self._lock:
                     self.running -= 1
 
-        return stream_from_thread(produce)
+        return stream_from_thread(produce, executor=self.worker)
 
 
 @pytest.fixture

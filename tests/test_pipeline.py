@@ -10,7 +10,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
-from chat2audio.pipeline import Reply, speak_reply
+from chat2audio.pipeline import AudioChunk, ReplyFinished, speak_reply
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.scripted import ScriptedLLM
 from tts.scripted import SAMPLE_RATE, ScriptedTTS, ToneVoice
@@ -20,57 +20,59 @@ SENTENCES = ["The harbour is close by.", "Follow the lanterns down the hill.", "
 
 
 def run(llm, tts, text=SCRIPT, options=GenerationOptions(), **kwargs):
-    reply = Reply()
-    stream = speak_reply(llm, tts, ToneVoice(), [ChatMessage("user", text)], options, reply, **kwargs)
-    return reply, stream
+    return speak_reply(llm, tts, ToneVoice(), [ChatMessage("user", text)], options, **kwargs)
+
+
+async def whole(stream) -> tuple[list[AudioChunk], ReplyFinished]:
+    """Every chunk, and the ReplyFinished that must come last."""
+    items = [item async for item in stream]
+    *chunks, finished = items
+    assert isinstance(finished, ReplyFinished) and all(isinstance(c, AudioChunk) for c in chunks)
+    return chunks, finished
 
 
 async def test_sentences_are_spoken_in_order_with_their_full_audio():
     tts = ScriptedTTS(rtf=0.0)
-    reply, stream = run(ScriptedLLM(token_delay_s=0.0), tts)
-    chunks = [chunk async for chunk in stream]
+    chunks, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), tts))
     done = [c for c in chunks if c.sentence_done]
     assert [c.sentence for c in done] == SENTENCES
     audio = np.concatenate([c.audio for c in chunks])
     assert audio.size == sum(int(tts.duration_s(s) * SAMPLE_RATE) for s in SENTENCES)
-    assert reply.raw_text == SCRIPT and reply.spoken == SENTENCES and reply.finish_reason == "stop"
+    assert reply.raw_text == SCRIPT and list(reply.spoken) == SENTENCES and reply.finish_reason == "stop"
 
 
 async def test_first_audio_leaves_while_the_llm_is_still_writing():
     llm = ScriptedLLM(token_delay_s=0.03)
-    reply, stream = run(llm, ScriptedTTS(rtf=0.05))
+    stream = run(llm, ScriptedTTS(rtf=0.05))
     async with aclosing(stream):
-        async for _ in stream:
-            break
-    assert reply.timings.first_audio is not None
-    assert reply.timings.llm_done is None  # the LLM had not finished when audio came out
+        first = await anext(stream)
+        assert isinstance(first, AudioChunk) and first.audio.size
+        assert llm.active_generations == 1  # the LLM had not finished when audio came out
 
 
 async def test_synthesis_overlaps_generation():
     # LLM ≈ 22 tokens × 40 ms ≈ 0.9 s; TTS ≈ 0.5 × 5.4 s of audio ≈ 2.7 s. In sequence ≈ 3.6 s.
     llm, tts = ScriptedLLM(token_delay_s=0.04), ScriptedTTS(rtf=0.5)
     started = time.perf_counter()
-    reply, stream = run(llm, tts)
-    [chunk async for chunk in stream]
+    _, reply = await whole(run(llm, tts))
     total = time.perf_counter() - started
     tts_total = sum(tts.duration_s(s) for s in SENTENCES) * 0.5
-    assert total < reply.timings.llm_done + tts_total - 0.3
+    assert total < reply.llm_done_s + tts_total - 0.3
 
 
 async def test_closing_the_stream_stops_generation_and_synthesis():
     llm, tts = ScriptedLLM(token_delay_s=0.05), ScriptedTTS(rtf=0.2)
-    reply, stream = run(llm, tts, text=SCRIPT * 5)
+    stream = run(llm, tts, text=SCRIPT * 5)
     async for _ in stream:
         assert llm.active_generations == 1
         break
     await stream.aclose()
     assert llm.active_generations == 0 and tts.active_syntheses == 0
-    assert len(reply.spoken) < 3
 
 
 async def test_cancelling_the_consumer_task_stops_everything():
     llm, tts = ScriptedLLM(token_delay_s=0.05), ScriptedTTS(rtf=0.2)
-    reply, stream = run(llm, tts, text=SCRIPT * 5)
+    stream = run(llm, tts, text=SCRIPT * 5)
 
     async def consume():
         async for _ in stream:
@@ -85,16 +87,14 @@ async def test_cancelling_the_consumer_task_stops_everything():
 
 
 async def test_token_limit_trims_the_incomplete_sentence():
-    reply, stream = run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), options=GenerationOptions(max_new_tokens=14))
-    [chunk async for chunk in stream]
+    _, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), options=GenerationOptions(max_new_tokens=14)))
     assert reply.finish_reason == "length"
-    assert reply.spoken == SENTENCES[:1]
+    assert list(reply.spoken) == SENTENCES[:1]
 
 
 async def test_unspeakable_reply_yields_no_audio_and_no_error():
-    reply, stream = run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), text="😀 (laughs) ... !!")
-    assert [chunk async for chunk in stream] == []
-    assert reply.spoken == []
+    chunks, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), text="😀 (laughs) ... !!"))
+    assert chunks == [] and reply.spoken == ()
 
 
 class FailingLLM(ScriptedLLM):
@@ -104,17 +104,15 @@ class FailingLLM(ScriptedLLM):
 
 
 async def test_llm_failure_reaches_the_consumer_after_what_was_already_said():
-    reply, stream = run(FailingLLM(), ScriptedTTS(rtf=0.0))
     seen = []
     with pytest.raises(LLMError, match="upstream went away"):
-        async for chunk in stream:
+        async for chunk in run(FailingLLM(), ScriptedTTS(rtf=0.0)):
             seen.append(chunk)
-    assert reply.spoken == ["First sentence is fine."]
+    assert [c.sentence for c in seen if c.sentence_done] == ["First sentence is fine."]
     assert seen[-1].sentence_done
 
 
 async def test_reply_text_is_cut_to_whole_sentences_when_tokens_ran_out():
-    reply, stream = run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), options=GenerationOptions(max_new_tokens=14))
-    [chunk async for chunk in stream]
+    _, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), options=GenerationOptions(max_new_tokens=14)))
     assert reply.raw_text.startswith(SENTENCES[0] + " Follow")
     assert reply.text == SENTENCES[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from chat2audio.runtime.threads import stream_from_thread
 
@@ -24,7 +25,8 @@ async def test_a_slow_reader_throttles_the_producer_and_leaving_stops_it():
         finally:
             finished.set()
 
-    stream = stream_from_thread(produce, max_buffered=8)
+    worker = ThreadPoolExecutor(max_workers=1)
+    stream = stream_from_thread(produce, executor=worker, max_buffered=8)
     assert await anext(stream) == 0
     await asyncio.sleep(0.3)  # the reader stalls: the producer must wait, not run ahead
     assert produced <= 1 + 8 + 1

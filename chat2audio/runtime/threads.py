@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,9 +20,10 @@ MAX_BUFFERED_ITEMS = 256
 
 
 async def stream_from_thread(
-    produce: Producer, *, executor: Executor | None = None, max_buffered: int = MAX_BUFFERED_ITEMS
+    produce: Producer, *, executor: Executor, max_buffered: int = MAX_BUFFERED_ITEMS
 ) -> AsyncIterator[T]:
-    """Run `produce(emit, cancelled)` on a worker thread and yield what it emits, in order.
+    """Run `produce(emit, cancelled)` on a worker of `executor` (the engine's own: its size is
+    the engine's concurrency) and yield what it emits, in order.
 
     `emit(item)` returns False once the consumer has gone, and `cancelled` is set at the same
     moment, so the producer can stop between steps. `emit` blocks while `max_buffered` items
@@ -52,8 +53,6 @@ async def stream_from_thread(
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-    if executor is None:
-        executor = _shared_executor()
     job = executor.submit(run)
     try:
         while True:
@@ -70,16 +69,6 @@ async def stream_from_thread(
         # from our own cancellation, so no model work outlives the request.
         if not job.cancel():
             await asyncio.shield(asyncio.wrap_future(job))
-
-
-_default_executor: ThreadPoolExecutor | None = None
-
-
-def _shared_executor() -> ThreadPoolExecutor:
-    global _default_executor
-    if _default_executor is None:
-        _default_executor = ThreadPoolExecutor(thread_name_prefix="stream-from-thread")
-    return _default_executor
 
 
 class _Failure:

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from chat2audio.errors import install_error_handlers
-from chat2audio.middleware import RequestContext, default_allowed_hosts
-from chat2audio.routes import ClientGone, router
+from chat2audio.http import chat, sessions, status
+from chat2audio.http.errors import install_error_handlers
+from chat2audio.http.middleware import RequestContext, default_allowed_hosts
 from chat2audio.service import ChatService
 from chat2audio.settings import Settings
 
@@ -48,14 +48,9 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
     app.state.streaming = streaming
     app.state.settings = settings
     install_error_handlers(app)
-
-    @app.exception_handler(ClientGone)
-    async def _client_gone(request: Request, error: ClientGone) -> Response:
-        log.info("request %s: client disconnected; work cancelled", request.state.request_id)
-        return Response(status_code=499)
-
-    app.include_router(router)
-    web = Path(__file__).parent / "web"
+    for module in (status, chat, sessions):
+        app.include_router(module.router)
+    web = Path(__file__).parent.parent / "web"
     app.mount("/web", StaticFiles(directory=web), name="web")
 
     @app.get("/", include_in_schema=False)

@@ -9,7 +9,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chat2audio.errors import error_body
+from chat2audio.http.errors import error_body
 
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})

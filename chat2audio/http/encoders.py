@@ -1,0 +1,160 @@
+"""A reply's events as bytes on the wire: a streamed WAV, server-sent events, or one WAV file.
+
+Each encoder gets the reply already opened (its ReplyStarted and first audible items, so that a
+failure before any audio was still an ordinary JSON error) and the rest of the stream. Once a
+stream has started, an error is reported inside it (events) or ends it early (WAV) and the
+stream still ends cleanly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import numpy as np
+from sse_starlette import ServerSentEvent
+
+from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
+from chat2audio.http.errors import error_detail
+from chat2audio.pipeline import AudioChunk, ReplyFinished
+from chat2audio.protocol import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
+from chat2audio.service import ReplyEvent, ReplyStarted
+
+log = logging.getLogger(__name__)
+
+# Proxies commonly refuse responses whose headers exceed 4-8 KB (nginx: 502); percent-encoded
+# Chinese takes 9 bytes a character, so a long reply would not fit.
+MAX_TEXT_HEADER_BYTES = 1536
+
+
+@dataclass
+class OpenedReply:
+    """A reply whose first audible item (or its end) has arrived, and the rest of its stream."""
+
+    started: ReplyStarted
+    head: list[AudioChunk | ReplyFinished]
+    rest: AsyncIterator[ReplyEvent]
+    request_id: str
+    arrived: float  # perf_counter() when the request arrived
+
+    async def items(self) -> AsyncIterator[AudioChunk | ReplyFinished]:
+        for item in self.head:
+            yield item
+        async for item in self.rest:
+            yield item  # type: ignore[misc]  # ReplyStarted comes first, never again
+
+
+async def open_reply(events: AsyncIterator[ReplyEvent], request_id: str, arrived: float) -> OpenedReply:
+    """Run the reply until its first audio (or first sentence, or its end)."""
+    started: ReplyStarted | None = None
+    head: list[AudioChunk | ReplyFinished] = []
+    async for event in events:
+        if isinstance(event, ReplyStarted):
+            started = event
+            continue
+        head.append(event)
+        if isinstance(event, ReplyFinished) or event.audio.size or event.sentence_done:
+            break
+    assert started is not None, "a reply starts with ReplyStarted"
+    return OpenedReply(started, head, events, request_id, arrived)
+
+
+async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
+    """A WAV header whose sizes mean "unknown length", then PCM as it is synthesized."""
+    async with aclosing(reply.rest):
+        yield streaming_wav_header(reply.started.sample_rate)
+        try:
+            async for item in reply.items():
+                if isinstance(item, AudioChunk) and item.audio.size:
+                    yield to_pcm16(item.audio)
+        except Exception as error:
+            # Audio has started: a WAV cannot carry an error, so log it and end the stream.
+            failure = error_detail(error, reply.request_id)
+            log.error("request %s: stream ended early: %s", reply.request_id, failure.message)
+
+
+async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
+    """`start`, one `sentence` event per sentence (its text and its audio as a WAV), then `done`
+    with the whole reply, or `error`."""
+    started, rate = reply.started, reply.started.sample_rate
+
+    def event(model) -> ServerSentEvent:
+        return ServerSentEvent(data=json.dumps(model.model_dump(), ensure_ascii=False))
+
+    async with aclosing(reply.rest):
+        yield event(StartEvent(
+            request_id=reply.request_id, speaker=started.speaker, sample_rate=rate,
+            session_id=started.session_id, transcript=started.transcript,
+        ))
+        pending: list[np.ndarray] = []
+        total_samples = 0
+        try:
+            async for item in reply.items():
+                if isinstance(item, ReplyFinished):
+                    yield event(DoneEvent(
+                        text=item.text, spoken_text=item.spoken_text, finish_reason=item.finish_reason,
+                        audio_seconds=total_samples / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
+                    ))
+                    continue
+                pending.append(item.audio)
+                if not item.sentence_done:
+                    continue
+                samples, pending = np.concatenate(pending), []
+                total_samples += samples.size
+                yield event(SentenceEvent(
+                    index=item.sentence_index, text=item.sentence,
+                    speech_text=item.speech if item.speech != item.sentence else None,
+                    audio_wav_base64=base64.b64encode(wav_bytes(samples, rate)).decode() if rate else None,
+                    audio_seconds=samples.size / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
+                ))
+        except Exception as error:
+            failure = error_detail(error, reply.request_id)
+            yield event(ErrorEvent(error=ErrorDetail(type=failure.type, message=failure.message)))
+
+
+async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
+    """The complete WAV, what was said, and its length in seconds."""
+    parts: list[np.ndarray] = []
+    finished: ReplyFinished | None = None
+    async with aclosing(reply.rest):
+        async for item in reply.items():
+            if isinstance(item, ReplyFinished):
+                finished = item
+            elif item.audio.size:
+                parts.append(item.audio)
+    assert finished is not None
+    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return wav_bytes(samples, reply.started.sample_rate), finished, samples.size / reply.started.sample_rate
+
+
+def text_headers(finished: ReplyFinished) -> dict[str, str]:
+    """The reply's text as percent-encoded headers, each cut to `MAX_TEXT_HEADER_BYTES`; when cut,
+    `X-Text-Truncated` says so (the events format carries any length)."""
+    reply, reply_cut = _percent_encoded_prefix(finished.text, MAX_TEXT_HEADER_BYTES)
+    spoken, spoken_cut = _percent_encoded_prefix(finished.spoken_text, MAX_TEXT_HEADER_BYTES)
+    headers = {"X-Reply-Text": reply, "X-Spoken-Text": spoken}
+    if reply_cut or spoken_cut:
+        headers["X-Text-Truncated"] = "true; use format=events for the whole text"
+    return headers
+
+
+def _percent_encoded_prefix(text: str, limit: int) -> tuple[str, bool]:
+    """The longest prefix of whole characters whose encoding fits `limit`, and whether it was cut."""
+    pieces, size = [], 0
+    for ch in text:
+        piece = quote(ch, safe="")
+        if size + len(piece) > limit:
+            return "".join(pieces), True
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces), False
+
+
+def _since(arrived: float) -> float:
+    return time.perf_counter() - arrived
