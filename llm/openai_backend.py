@@ -1,29 +1,21 @@
 """LLM backend `openai`: streams replies from a remote OpenAI-compatible server (vLLM, SGLang,
-llama.cpp, Ollama) over `POST {base_url}/chat/completions` with server-sent events."""
+llama.cpp, Ollama) through the official `openai` SDK's streamed chat completions."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import openai
+from openai.types.chat import ChatCompletionChunk
 
-from chat2audio.runtime.upstream import (
-    UpstreamClient,
-    describe_transport_failure,
-    error_message,
-    read_error,
-    scrub,
-    upstream_http_status,
-)
+from chat2audio.runtime.upstream import UpstreamClient, scrub
 from llm.base import ChatMessage, FinishReason, GenerationOptions, LLMError, TextPiece
 
 log = logging.getLogger(__name__)
 
-def _is_error_event(payload: dict[str, Any]) -> bool:
-    return "error" in payload or payload.get("object") == "error"
+Stream = openai.AsyncStream[ChatCompletionChunk]
 
 
 class OpenAIBackend(UpstreamClient):
@@ -32,7 +24,6 @@ class OpenAIBackend(UpstreamClient):
     name = "openai"
     kind = "LLM"
     endpoint = "/chat/completions"
-    accept = "text/event-stream"
     example_url = "http://127.0.0.1:8001/v1"
     example_model = "Qwen/Qwen2.5-7B-Instruct"
     # The server's window is not discoverable over the OpenAI API; this matches the README's
@@ -46,8 +37,8 @@ class OpenAIBackend(UpstreamClient):
         # can be turned off, and is dropped for good after the first 400 that names it.
         self._send_repetition_penalty = send_repetition_penalty
 
-    def _body(self, messages: list[ChatMessage], options: GenerationOptions) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def _request(self, messages: list[ChatMessage], options: GenerationOptions) -> dict[str, Any]:
+        request: dict[str, Any] = {
             "model": self._model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
@@ -55,127 +46,77 @@ class OpenAIBackend(UpstreamClient):
             "max_tokens": options.max_new_tokens,
             "temperature": options.temperature,
             "top_p": options.top_p,
+            "extra_headers": self._headers,
         }
         if self._send_repetition_penalty and options.repetition_penalty != 1.0:
-            body["repetition_penalty"] = options.repetition_penalty
-        return body
+            request["extra_body"] = {"repetition_penalty": options.repetition_penalty}
+        return request
 
     async def stream_chat(
         self, messages: list[ChatMessage], options: GenerationOptions
     ) -> AsyncIterator[TextPiece]:
-        """The reply as it is generated; the last piece carries the finish reason."""
-        client = self._started_client()
-        body = self._body(messages, options)
-        retried = False
-        while True:
-            try:
-                async with client.stream("POST", self._base_url + self.endpoint, json=body) as response:
-                    if response.status_code >= 400:
-                        message = await read_error(response, secret=self._api_key)
-                        if (
-                            response.status_code == 400
-                            and not retried
-                            and "repetition_penalty" in body
-                            and "repetition_penalty" in message
-                        ):
-                            log.warning(
-                                "%s rejects repetition_penalty; no longer sending it", self.url
-                            )
-                            self._send_repetition_penalty = False
-                            body.pop("repetition_penalty")
-                            retried = True
-                            continue
-                        raise LLMError(
-                            f"LLM server returned HTTP {response.status_code}: {message}",
-                            status=upstream_http_status(response.status_code),
-                        )
-                    async for piece in self._pieces(response):
-                        yield piece
-                    return
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                log.warning("LLM stream from %s broke: %r", self.url, exc)
+        """The reply as it is generated; the last piece carries the finish reason. Closing the
+        iterator closes the HTTP stream, which makes vLLM abort the generation."""
+        stream = await self._open(self._request(messages, options))
+        try:
+            async for piece in self._pieces(stream):
+                yield piece
+        except ValueError as exc:  # the SDK's json.loads of an event
+            raise LLMError("upstream sent malformed JSON in its stream", status=502) from exc
+        except openai.APIError as exc:
+            if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+                log.warning("LLM stream from %s broke: %r", self.url, exc.__cause__)
                 raise LLMError(
-                    f"upstream stream ended early: the LLM server at {self.url} "
-                    "closed the connection",
-                    status=502,
+                    f"upstream stream ended early: the LLM server at {self.url} closed the connection", status=502
                 ) from exc
-            except httpx.HTTPError as exc:
-                message, status = describe_transport_failure(
-                    exc,
-                    what="LLM",
-                    url=self.url,
-                    connect_timeout_s=self._connect_timeout_s,
-                    timeout_s=self._timeout_s,
-                    streaming=True,
-                )
-                raise LLMError(message, status=status) from exc
+            message, status = self._failure(exc, streaming=True)
+            raise LLMError(message, status=status) from exc
+        finally:
+            await stream.close()
 
-    async def _pieces(self, response: httpx.Response) -> AsyncIterator[TextPiece]:
+    async def _open(self, request: dict[str, Any]) -> Stream:
+        """Send the request and wait for the answer's headers; the SDK retries what is safe to
+        retry (connection failures, 429, 5xx) before then."""
+        client = self._started_client()
+        try:
+            return await client.chat.completions.create(**request)
+        except openai.APIError as exc:
+            rejected = isinstance(exc, openai.BadRequestError) and "repetition_penalty" in str(exc.body)
+            if rejected and "extra_body" in request:
+                log.warning("%s rejects repetition_penalty; no longer sending it", self.url)
+                self._send_repetition_penalty = False
+                del request["extra_body"]
+                return await self._open(request)
+            message, status = self._failure(exc, streaming=True)
+            raise LLMError(message, status=status) from exc
+
+    async def _pieces(self, stream: Stream) -> AsyncIterator[TextPiece]:
         finish: FinishReason | None = None
-        saw_event = False
-        async for data in _sse_data(response):
-            saw_event = True
-            if data == "[DONE]":
-                if finish is None:
-                    raise LLMError(
-                        "upstream stream ended early: [DONE] before any finish_reason", status=502
-                    )
-                return
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise LLMError("upstream sent malformed JSON in its stream", status=502) from None
-            if not isinstance(chunk, dict):
-                raise LLMError("upstream sent malformed JSON in its stream", status=502)
-            if _is_error_event(chunk):
-                message = error_message(chunk) or "unknown error"
-                raise LLMError(f"LLM server error mid-stream: {scrub(message, secret=self._api_key)}", status=502)
-            if finish is not None:
-                continue  # Only the usage chunk is expected now.
-            choices = chunk.get("choices") or []
-            if not choices:
-                if usage := chunk.get("usage"):
+        saw_chunk = False
+        async for chunk in stream:
+            saw_chunk = True
+            if getattr(chunk, "object", None) == "error":  # older vLLM's in-stream error event
+                detail = scrub(str(getattr(chunk, "message", "unknown error")), secret=self._api_key)
+                raise LLMError(f"LLM server error mid-stream: {detail}", status=502)
+            choices = getattr(chunk, "choices", None) or []
+            if finish is not None or not choices:
+                if usage := getattr(chunk, "usage", None):
                     log.debug("LLM usage: %s", usage)
-                continue
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
+                continue  # Read on to [DONE], so that the connection can be reused.
+            choice = choices[0]
+            delta = getattr(choice, "delta", None)
+            text = getattr(delta, "content", None)
             text = text if isinstance(text, str) else ""
-            reason = choice.get("finish_reason")
-            if reason:
+            if reason := getattr(choice, "finish_reason", None):
                 finish = "length" if reason == "length" else "stop"
                 yield TextPiece(text, finish)
-                # Keep reading to [DONE] so the connection can be reused.
             elif text:
                 yield TextPiece(text)
         if finish is not None:
             return  # Complete reply; a missing [DONE] loses nothing.
-        content_type = response.headers.get("content-type", "")
-        if not saw_event and "text/event-stream" not in content_type:
+        content_type = stream.response.headers.get("content-type", "")
+        if not saw_chunk and "text/event-stream" not in content_type:
             raise LLMError(
-                f"upstream did not send an event stream (content-type {content_type or 'none'})",
-                status=502,
+                f"upstream did not send an event stream (content-type {content_type or 'none'})", status=502
             )
-        raise LLMError("upstream stream ended early: no finish_reason and no [DONE]", status=502)
-
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The `data` of each server-sent event, multi-line data joined with newlines."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue  # comment / keep-alive
-        field, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        # event, id, retry: nothing in this protocol needs them.
-    if data:
-        # The spec drops an unterminated event; servers that omit the last blank line exist.
-        yield "\n".join(data)
+        raise LLMError("upstream stream ended early: no finish_reason before the end of the stream", status=502)

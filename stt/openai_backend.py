@@ -4,19 +4,17 @@ faster-whisper-server, LocalAI, …) through `POST {base_url}/audio/transcriptio
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import mimetypes
 from pathlib import PurePath
 from typing import Any
 
-import httpx
+import openai
 
-from chat2audio.runtime.upstream import UpstreamClient, describe_transport_failure, read_error, upstream_http_status
+from chat2audio.runtime.upstream import UpstreamClient
 from stt.base import STTError, audio_duration
 
-
-# A transcript of a minute of speech is a few kB of JSON; anything far larger is not one.
-MAX_RESPONSE_BYTES = 1024 * 1024
+log = logging.getLogger(__name__)
 
 # Leading bytes → (file extension, MIME type), so the server, which often goes by the file
 # name, is told the right format when the client sent none.
@@ -49,7 +47,6 @@ class OpenAISTTBackend(UpstreamClient):
     name = "openai"
     kind = "STT"
     endpoint = "/audio/transcriptions"
-    accept = "application/json"
     example_url = "http://127.0.0.1:8002/v1"
     example_model = "whisper-1 or openai/whisper-large-v3"
 
@@ -64,26 +61,25 @@ class OpenAISTTBackend(UpstreamClient):
         client = self._started_client()
         await self._check_audio(audio)
         name, mime = upload_name(filename, audio)
-        fields = {"model": self._model, "response_format": "json"}
-        if language := (language or self._default_language):
-            fields["language"] = language.strip()
+        language = (language or self._default_language or "").strip()
         try:
-            async with client.stream(
-                "POST", self._base_url + self.endpoint, data=fields, files={"file": (name, audio, mime)}
-            ) as response:
-                if response.status_code >= 400:
-                    message = await read_error(response, secret=self._api_key)
-                    raise STTError(
-                        f"STT server returned HTTP {response.status_code}: {message}",
-                        status=upstream_http_status(response.status_code),
-                    )
-                body = await _read_capped(response, MAX_RESPONSE_BYTES)
-        except httpx.HTTPError as exc:
-            message, status = describe_transport_failure(
-                exc, what="STT", url=self.url, connect_timeout_s=self._connect_timeout_s, timeout_s=self._timeout_s
+            result = await client.audio.transcriptions.create(
+                file=(name, audio, mime),
+                model=str(self._model),
+                response_format="json",
+                language=language or openai.omit,
+                extra_headers=self._headers,
             )
+        except openai.APIError as exc:
+            message, status = self._failure(exc)
             raise STTError(message, status=status) from exc
-        return self._transcript(body)
+        except ValueError as exc:  # a 200 whose body is not the JSON it claims to be
+            log.warning("STT server at %s sent an unreadable answer: %r", self.url, exc)
+            result = None
+        text = getattr(result, "text", None)
+        if not isinstance(text, str):
+            raise STTError(f"the STT server at {self.url} sent no transcript (expected JSON with a 'text' field)")
+        return text.strip()
 
     async def _check_audio(self, audio: bytes) -> None:
         """Refuse empty and over-long audio here; formats soundfile cannot read (WebM, M4A) go
@@ -99,25 +95,3 @@ class OpenAISTTBackend(UpstreamClient):
             raise STTError(
                 f"the audio is too long: {seconds:.1f} s long; the limit is {self._max_audio_seconds:g} s", status=422
             )
-
-    def _transcript(self, body: bytes | None) -> str:
-        payload: Any = None
-        if body is not None:
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                payload = None
-        text = payload.get("text") if isinstance(payload, dict) else None
-        if not isinstance(text, str):
-            raise STTError(f"the STT server at {self.url} sent no transcript (expected JSON with a 'text' field)")
-        return text.strip()
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or None when it is longer than `limit` bytes."""
-    raw = b""
-    async for chunk in response.aiter_bytes():
-        raw += chunk
-        if len(raw) > limit:
-            return None
-    return raw

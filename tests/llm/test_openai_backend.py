@@ -126,7 +126,10 @@ async def test_repetition_penalty_dropped_when_rejected(stub: OpenAIStubServer,
 
 
 @pytest.mark.asyncio
-async def test_no_auth_header_without_key(stub: OpenAIStubServer) -> None:
+async def test_no_auth_header_without_key(stub: OpenAIStubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK's environment defaults are meant for api.openai.com: none of them reaches our server.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-from-the-environment")
     b = make_backend(stub, api_key=None)
     await b.start()
     try:
@@ -134,7 +137,19 @@ async def test_no_auth_header_without_key(stub: OpenAIStubServer) -> None:
     finally:
         await b.stop()
     assert "authorization" not in stub.requests[-1].headers
+    assert "openai-organization" not in stub.requests[-1].headers
     assert err.status == 502 and "HTTP 401" in str(err)
+
+
+@pytest.mark.asyncio
+async def test_retries_once_only_what_may_pass_next_time(stub: OpenAIStubServer,
+                                                         backend: OpenAIBackend) -> None:
+    before = len(stub.requests)
+    await expect_error(backend, "stub-429")
+    assert len(stub.requests) - before == 2  # the SDK's one retry
+    before = len(stub.requests)
+    await expect_error(backend, "stub-401")
+    assert len(stub.requests) - before == 1  # a 4xx other than 408/409/429 is final
 
 
 @pytest.mark.asyncio
@@ -293,6 +308,20 @@ async def test_cancelling_the_task_disconnects_upstream(stub: OpenAIStubServer,
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await asyncio.to_thread(record.disconnected.wait, 1.0)
+
+
+@pytest.mark.asyncio
+async def test_no_free_connection_is_503(stub: OpenAIStubServer) -> None:
+    b = make_backend(stub, "stub-endless", max_connections=1, timeout_s=0.3, max_retries=0)
+    await b.start()
+    try:
+        stream = b.stream_chat(MESSAGES, OPTIONS)
+        await anext(stream)  # holds the one connection
+        err = await expect_error(b, "stub-endless")
+        await stream.aclose()
+    finally:
+        await b.stop()
+    assert err.status == 503 and "too many concurrent LLM requests" in str(err)
 
 
 @pytest.mark.asyncio

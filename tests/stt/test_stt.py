@@ -329,7 +329,8 @@ async def test_openai_sends_multipart_and_returns_text(stub: OpenAISTTStub) -> N
         await backend.stop()
 
 
-async def test_openai_without_language_or_key(stub: OpenAISTTStub) -> None:
+async def test_openai_without_language_or_key(stub: OpenAISTTStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # for api.openai.com, never sent here
     backend = await remote(stub.base_url, api_key=None)
     try:
         with pytest.raises(STTError) as info:  # this stub insists on its key
