@@ -8,18 +8,10 @@ import jieba
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from chat2audio.splitter import (
-    BRACKETS,
-    CLOSERS,
-    SENTENCE_ENDS,
-    UNSPOKEN_SPANS,
-    SentenceSplitter,
-    SplitterConfig,
-    ends_sentence,
-    is_dropped_char,
-    speakable_text,
-    speech_weight,
-)
+from chat2audio.runtime.text import speech_weight
+from chat2audio.sentence_ends import BRACKETS, CLOSERS, SENTENCE_ENDS, ends_sentence
+from chat2audio.speech_filter import UNSPOKEN_SPANS, is_dropped_char, speakable_text
+from chat2audio.splitter import SentenceSplitter, SplitterConfig
 
 
 def split(*pieces: str, config: SplitterConfig | None = None, drop_incomplete: bool = False) -> list[str]:
