@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Protocol
+
+from cachetools import TTLCache
 
 from chat2audio.admission import RETRY_AFTER_S
 from chat2audio.errors import Overloaded, TooManyTurns
@@ -76,56 +75,31 @@ class TurnOrder:
         return len(self._turns)
 
 
-@dataclass
-class _Session:
-    turns: list[ChatMessage] = field(default_factory=list)
-    last_used: float = field(default_factory=time.monotonic)
-
-
 class MemorySessionStore:
     """Sessions in this process: at most `max_turns` exchanges each, `max_sessions` in all (least
-    recently used dropped first), and none idle for longer than `ttl_s`."""
+    recently used dropped first), and none idle for longer than `ttl_s` (cachetools' TTL cache)."""
 
     def __init__(self, *, max_turns: int, ttl_s: float, max_sessions: int) -> None:
         self.max_turns = max_turns
-        self.ttl_s = ttl_s
-        self.max_sessions = max_sessions
-        self._sessions: OrderedDict[tuple[str, str], _Session] = OrderedDict()
+        self._sessions: TTLCache[tuple[str, str], list[ChatMessage]] = TTLCache(maxsize=max_sessions, ttl=ttl_s)
 
     def __len__(self) -> int:
-        self._expire()
+        self._sessions.expire()
         return len(self._sessions)
 
     async def history(self, speaker: str, session_id: str) -> list[ChatMessage]:
-        self._expire()
-        session = self._sessions.get((speaker, session_id))
-        return list(session.turns) if session else []
+        return list(self._sessions.get((speaker, session_id), []))
 
     async def remember(self, speaker: str, session_id: str, user: str, assistant: str) -> None:
-        self._expire()
         key = (speaker, session_id)
-        session = self._sessions.pop(key, None) or _Session()
-        session.turns += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
-        del session.turns[: max(0, len(session.turns) - 2 * self.max_turns)]
-        session.last_used = time.monotonic()
-        self._sessions[key] = session
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        turns = [*self._sessions.pop(key, []), ChatMessage("user", user), ChatMessage("assistant", assistant)]
+        self._sessions[key] = turns[max(0, len(turns) - 2 * self.max_turns):]  # re-set: idle time starts again
 
     async def forget(self, session_id: str) -> int:
-        keys = [key for key in self._sessions if key[1] == session_id]
+        keys = [key for key in list(self._sessions.keys()) if key[1] == session_id]
         for key in keys:
             del self._sessions[key]
         return len(keys)
-
-    def _expire(self) -> None:
-        # Least recently used first, so the scan stops at the first live session.
-        cutoff = time.monotonic() - self.ttl_s
-        while self._sessions:
-            key, session = next(iter(self._sessions.items()))
-            if session.last_used >= cutoff:
-                break
-            del self._sessions[key]
 
 
 class RedisSessionStore:

@@ -25,6 +25,7 @@ from stt.openai_backend import OpenAISTTBackend, upload_name
 from stt.transformers_backend import TransformersSTTBackend
 from tests.fixtures.openai_stt_stub import DEFAULT_TRANSCRIPT, OpenAISTTStub
 from tests.fixtures.tiny_whisper import build_tiny_whisper
+from tests.loop_watch import loop_gaps
 
 # Read by huggingface_hub at import time; local directories never need the hub anyway.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,21 +223,8 @@ def spy_on_generate(backend: TransformersSTTBackend, delay_s: float = 0.0) -> di
 
 async def test_transformers_serializes_and_keeps_the_loop_free(whisper: TransformersSTTBackend) -> None:
     seen = spy_on_generate(whisper, delay_s=0.3)
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker())
-    try:
+    async with loop_gaps() as gaps:
         texts = await asyncio.gather(whisper.transcribe(speechlike(2.0, 1)), whisper.transcribe(speechlike(2.0, 2)))
-    finally:
-        tick.cancel()
     assert all(isinstance(t, str) for t in texts)
     assert seen["calls"] == 2 and seen["max_active"] == 1  # one at a time on one model
     assert seen["threads"] == {next(iter(seen["threads"]))} and "stt-whisper" in next(iter(seen["threads"]))

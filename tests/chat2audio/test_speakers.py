@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from chat2audio.errors import SpeakerUnavailable, UnknownSpeaker
+from chat2audio.settings import PROJECT_ROOT
 from chat2audio.speakers import SpeakerRegistry
 from tts.scripted import ScriptedTTS
 
@@ -139,8 +140,7 @@ def test_files_with_unsafe_names_are_ignored(dirs):
 
 
 def test_shipped_speakers_all_parse():
-    root = Path(__file__).resolve().parent.parent
-    registry = SpeakerRegistry.scan(root / "speakers", root / "prompts")
+    registry = SpeakerRegistry.scan(PROJECT_ROOT / "speakers", PROJECT_ROOT / "prompts")
     speakers = {s.id: s for s in registry.all()}
     assert {"Aria", "Firefly", "Klee", "Ayaka", "Nahida", "Tribbie", "Yoimiya", "Citlali"} <= set(speakers)
     for speaker in speakers.values():

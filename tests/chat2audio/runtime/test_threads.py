@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from chat2audio.runtime.threads import stream_from_thread
+from tests.loop_watch import loop_gaps
 
 
 async def test_a_slow_reader_throttles_the_producer_and_leaving_stops_it():
@@ -49,17 +50,6 @@ async def test_stopping_an_engine_with_work_in_flight_does_not_block_the_event_l
 
     engine._worker.submit(synthesis_in_flight)  # still running at shutdown
     assert running.wait(5)
-    gaps: list[float] = []
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    await engine.stop()
-    ticker.cancel()
+    async with loop_gaps() as gaps:
+        await engine.stop()
     assert gaps and max(gaps) < 0.2  # the loop kept ticking while the worker finished
