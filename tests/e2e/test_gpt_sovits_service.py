@@ -82,7 +82,8 @@ def test_concurrent_interleaved_voices_each_sound_exactly_as_alone(gsv_env, tmp_
             return 1 << 16
         return int(np.abs(a - b).max())
 
-    rounding = 8  # 16-bit steps of float summation-order noise
-    assert steps_apart(alone["Nahida"], alone["Klee"]) > 100 * rounding
+    # 16-bit steps of float summation-order noise: 1 alone, up to 12 seen on a loaded 2-core machine.
+    rounding = 64
+    assert steps_apart(alone["Nahida"], alone["Klee"]) > 800  # measured: 12,791
     for speaker, audio in zip(order, together):
         assert steps_apart(audio, alone[speaker]) <= rounding, f"{speaker} sounded different next to the other voice"

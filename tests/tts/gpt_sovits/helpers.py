@@ -1,0 +1,24 @@
+"""What the GPT-SoVITS tests share: texts, audio checks, and collecting a synthesis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS
+
+SHORT, LONG = SPOKEN_TEXTS[0], SPOKEN_TEXTS[2]
+SAMPLES_PER_TOKEN = 32000 // 25  # one GPT token = 40 ms of audio at speed 1
+DETERMINISTIC = {"top_k": 1, "noise_scale": 0.0}
+
+
+async def collect(engine, text, voice, *, streaming=False) -> list[np.ndarray]:
+    return [chunk async for chunk in engine.synthesize(text, voice, streaming=streaming)]
+
+
+def joined(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def assert_audio(chunk: np.ndarray) -> None:
+    assert chunk.dtype == np.float32 and chunk.ndim == 1 and chunk.size > 0
+    assert np.isfinite(chunk).all() and np.abs(chunk).max() <= 1.0
