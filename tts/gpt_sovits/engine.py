@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.devices import DeviceUnavailable, resolve_device
 from chat2audio.runtime.text import is_speakable
 from chat2audio.runtime.threads import stream_from_thread
@@ -239,14 +240,14 @@ class GPTSoVITSEngine:
             )
             try:
                 for clip in clips:
-                    if not emit(_as_audio(clip.audio_data)):
+                    if not emit(clean_audio(clip.audio_data)):
                         raise Cancelled
             finally:
                 clips.close()
         else:
             clip = tts.infer(**arguments)
             if not cancelled.is_set():
-                emit(_as_audio(clip.audio_data))
+                emit(clean_audio(clip.audio_data))
 
 
 def _infer_arguments(text: str, voice: GPTSoVITSVoice, prepared: PreparedVoice) -> dict[str, Any]:
@@ -267,8 +268,3 @@ def _infer_arguments(text: str, voice: GPTSoVITSVoice, prepared: PreparedVoice) 
         gpt_model=prepared.gpt_key,
         sovits_model=prepared.sovits_key,
     )
-
-
-def _as_audio(samples: np.ndarray) -> np.ndarray:
-    audio = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1))
-    return np.clip(audio, -1.0, 1.0, out=audio)
