@@ -15,17 +15,8 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.measure import (
-    PeakRSS,
-    concurrent_streams,
-    llm_speed,
-    measure_floor,
-    median,
-    percentile,
-    pipeline_in_process,
-    stream_once,
-    tts_speed,
-)
+from bench.concurrency import CROWD_HEADER, crowd
+from bench.measure import llm_speed, measure_floor, median, pipeline_in_process, stream_once, tts_speed
 from bench.profiles import PROFILES, Profile
 from tests.server import running_server
 
@@ -99,22 +90,7 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
                 ["service overhead: HTTP total / in-process total", fmt(median(overheads), 2), fmt(max(overheads, default=float("nan")), 2)],
             ],
         ))
-        out.append("\n### Concurrent streams\n")
-        concurrency_rows = []
-        body = profile.request(profile.concurrency_prompt)
-        for n in concurrency:
-            with PeakRSS(ours.process.pid) as rss:
-                results = await concurrent_streams(ours.base_url, body, n)
-            ok = [r for r in results if r.status == 200 and r.ttfa_s is not None]
-            ttfas = [r.ttfa_s for r in ok]
-            rtfs = [r.total_s / r.audio_s for r in ok if r.audio_s]
-            concurrency_rows.append([
-                str(n), fmt(percentile(ttfas, 50)), fmt(percentile(ttfas, 95)), fmt(percentile(rtfs, 50), 2),
-                fmt(percentile(rtfs, 95), 2), str(len(results) - len(ok)), fmt(rss.peak_mb, 0),
-            ])
-        out.append(table(["N", "TTFA p50", "TTFA p95", "RTF p50", "RTF p95", "errors", "server peak RSS (MB)"], concurrency_rows))
-        out.append("\nRTF here = a stream's wall time / its audio duration (< 1: it arrives faster than it plays). "
-                   "Requests beyond CHAT2AUDIO_MAX_CONCURRENT_REQUESTS wait for a slot.\n")
+        out.append(await concurrency_section(profile, env, workdir, concurrency, ours))
     out.append("### Engines (in-process)\n")
     speed = await tts_speed(backends.tts, profile.tts_probe_text, backends.voice)
     llm = await llm_speed(backends.llm, backends.messages(profile.llm_probe_text), backends.options, backends.count_tokens)
@@ -129,6 +105,30 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
     return "\n".join(out) + "\n"
 
 
+# The path before batching and deadline scheduling, kept selectable so the comparison can be re-run.
+SERIAL_ENV = {"CHAT2AUDIO_LLM_MAX_BATCH": "1", "CHAT2AUDIO_TTS_SCHEDULING": "fifo"}
+STAGGER_S = 0.5
+
+
+async def concurrency_section(profile: Profile, env: dict, workdir: Path, concurrency: list[int], ours) -> str:
+    """N streams at once and one every STAGGER_S, on this server and on the serial path."""
+    rows = []
+    with running_server("app_stream", {**env, **SERIAL_ENV}, workdir / f"{profile.name}-serial.log") as serial:
+        stream_once(serial.base_url, profile.request(profile.prompts[0][1]))  # warm-up, as for ours
+        body = profile.request(profile.concurrency_prompt)
+        for label, server in (("serial (before)", serial), ("batched + deadlines", ours)):
+            for stagger in (0.0, STAGGER_S):
+                for n in concurrency:
+                    result = await crowd(server.base_url, server.process.pid, body, n, stagger_s=stagger)
+                    rows.append([label, *result.row()])
+    return (
+        "\n### Concurrent streams\n\n"
+        + table(["server", *CROWD_HEADER], rows)
+        + "\n\nEach listener starts playing at its first audio byte, in real time; an underrun is a moment it had "
+        "nothing to play before its reply ended. Requests beyond CHAT2AUDIO_MAX_CONCURRENT_REQUESTS wait for a slot.\n"
+    )
+
+
 def median_by(runs: list, key):
     """The run whose key is the median (runs that failed, key None, sort last)."""
     ordered = sorted(runs, key=lambda run: (key(run) is None, key(run) or 0.0))
@@ -138,7 +138,7 @@ def median_by(runs: list, key):
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--profiles", default="scripted,embedded", help=f"comma-separated: {', '.join(PROFILES)}")
-    parser.add_argument("--concurrency", default="1,2,4,8", help="simultaneous streams to try")
+    parser.add_argument("--concurrency", default="1,2,4,8,16", help="simultaneous streams to try")
     parser.add_argument("--output", type=Path, help="also write the tables to this file")
     parser.add_argument("--repeats", type=int, default=3, help="runs per prompt for the TTFA table (median run shown)")
     args = parser.parse_args()

@@ -3,7 +3,6 @@ backends (the physical floor, the pipeline without HTTP, engine speeds)."""
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import threading
 import time
@@ -205,8 +204,3 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-async def concurrent_streams(base_url: str, body: dict, n: int) -> list[StreamResult]:
-    """N clients start at once; each measures its own stream."""
-    return list(await asyncio.gather(*(asyncio.to_thread(stream_once, base_url, body) for _ in range(n))))

@@ -19,6 +19,7 @@ class ScriptedLLM:
         self.token_delay_s = token_delay_s
         self.first_token_delay_s = token_delay_s if first_token_delay_s is None else first_token_delay_s
         self.active_generations = 0
+        self.tokens_generated = 0
 
     async def start(self) -> None:
         pass
@@ -35,6 +36,7 @@ class ScriptedLLM:
         try:
             for position, token in enumerate(tokens):
                 await asyncio.sleep(self.first_token_delay_s if position == 0 else self.token_delay_s)
+                self.tokens_generated += 1
                 yield TextPiece(token)
             yield TextPiece("", finish_reason="length" if cut else "stop")
         finally:

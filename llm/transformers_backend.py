@@ -41,6 +41,7 @@ class TransformersBackend:
         # One worker thread = requests queue up instead of fighting over the same weights.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
         self.active_generations = 0  # observable by tests: generation threads running now
+        self.tokens_generated = 0  # a counter since start-up, for /stats and benchmarks
         self.context_tokens: int | None = None
         self._counting_tokenizer: Any = None
 
@@ -172,9 +173,10 @@ class TransformersBackend:
                 output = model.generate(**inputs, **generation_kwargs)
         finally:
             self.active_generations -= 1
+        new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
+        self.tokens_generated += new_tokens
         if cancelled.is_set():
             return
-        new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
         eos_ids = _eos_ids(model, tokenizer)
         ended_on_eos = new_tokens > 0 and int(output[0, -1]) in eos_ids
         hit_limit = new_tokens >= options.max_new_tokens and not ended_on_eos

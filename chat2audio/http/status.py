@@ -37,6 +37,7 @@ async def stats(service: ServiceDep) -> StatsResponse:
         admitted_requests=service.admission.admitted,
         llm_active_generations=getattr(service.llm, "active_generations", 0),
         sessions_in_turn=len(service.turn_order),
+        llm_tokens_generated=getattr(service.llm, "tokens_generated", 0),
         threads=threading.active_count(),
     )
 
