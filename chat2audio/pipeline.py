@@ -17,6 +17,7 @@ from typing import Union
 
 import numpy as np
 
+from chat2audio.runtime.scheduling import speaking_by
 from chat2audio.runtime.text import is_cjk, is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
@@ -126,6 +127,7 @@ async def speak_reply(
         to_speak = asyncio.Queue(maxsize=queue_size if overlap else 0)
         stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, deadline)))
     spoken: list[str] = []
+    playback = _Playback(tts.sample_rate(voice) if tts is not None and voice is not None else 0)
     try:
         if not overlap:
             await asyncio.shield(stages[0])
@@ -136,8 +138,10 @@ async def speak_reply(
                 continue
             if tts is not None:
                 streaming = stream_first_sentence and index == 0
-                async with aclosing(tts.synthesize(speech, voice, streaming=streaming)) as chunks:
-                    while (audio := await _next_within(chunks, deadline)) is not None:
+                chunks = _synthesize(tts, speech, voice, streaming, playback.runs_dry_at(), deadline)
+                async with aclosing(chunks):
+                    async for audio in chunks:
+                        playback.add(audio)
                         yield AudioChunk(index, text, audio, sentence_done=False, speech=speech)
             spoken.append(text)
             yield AudioChunk(index, text, _NO_AUDIO, sentence_done=True, speech=speech)
@@ -179,6 +183,38 @@ async def _write_sentences(
             if ends_sentence(sentence):
                 await written.put(sentence)
         await written.put(_Failed(error))
+
+
+class _Playback:
+    """When this reply's listener runs out of audio, if it plays from the first chunk in real time."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.started: float | None = None
+        self.seconds = 0.0
+
+    def add(self, audio: np.ndarray) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+        self.seconds += audio.size / self.sample_rate if self.sample_rate else 0.0
+
+    def runs_dry_at(self) -> float:
+        """The deadline of the next sentence: now before any audio was sent (no slack at all)."""
+        return time.monotonic() if self.started is None else self.started + self.seconds
+
+
+async def _synthesize(
+    tts: TTSEngine, text: str, voice: VoiceParams | None, streaming: bool, due: float, deadline: _Deadline
+) -> AsyncIterator[np.ndarray]:
+    """One sentence's audio; its synthesis is scheduled by `due` on engines that schedule by
+    deadline (the job is submitted at the first step, inside `speaking_by`)."""
+    chunks = tts.synthesize(text, voice, streaming=streaming)
+    async with aclosing(chunks):
+        with speaking_by(due):
+            audio = await _next_within(chunks, deadline)
+        while audio is not None:
+            yield audio
+            audio = await _next_within(chunks, deadline)
 
 
 async def _next_sentence(queue: asyncio.Queue, deadline: _Deadline) -> tuple[str, str] | None:

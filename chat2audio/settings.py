@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(GenerationOptions.temperature, ge=0.0, le=5.0)
     llm_top_p: float = Field(GenerationOptions.top_p, gt=0.0, le=1.0)
     llm_repetition_penalty: float = Field(GenerationOptions.repetition_penalty, ge=0.5, le=3.0)
+    llm_max_batch: int | None = Field(
+        None, ge=1, le=64,
+        description="replies the in-process LLM decodes together (continuous batching); 1 = one at a time "
+        "(the serial path). Unset: CHAT2AUDIO_MAX_CONCURRENT_REQUESTS",
+    )
     llm_context_tokens: int | None = Field(
         None,
         ge=64,
@@ -121,6 +126,11 @@ class Settings(BaseSettings):
         # Relative paths mean relative to the project, never to wherever the server was started.
         value = value.expanduser()
         return value if value.is_absolute() else PROJECT_ROOT / value
+
+    @property
+    def llm_batch_size(self) -> int:
+        """Replies the in-process LLM decodes together: every running reply, unless configured."""
+        return self.llm_max_batch or self.max_concurrent_requests
 
     def model_path(self, value: str) -> Path:
         """A model named in the configuration: a relative path lies under the models dir."""

@@ -20,16 +20,22 @@ from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.batching import ContinuousBatcher
 
 log = logging.getLogger(__name__)
 
 
 class TransformersBackend:
-    """One model in this process; requests run one at a time on its own worker thread, in order."""
+    """One model in this process. With `max_batch` > 1, concurrent replies share decode steps
+    (`llm.batching`); with 1, they run one at a time through `generate()` (the serial path, kept
+    for comparison and for models the batcher cannot drive)."""
 
     name = "transformers"
 
-    def __init__(self, *, model_source: Path, cache_dir: Path, device: str = "auto", trust_remote_code: bool = False) -> None:
+    def __init__(
+        self, *, model_source: Path, cache_dir: Path, device: str = "auto", trust_remote_code: bool = False,
+        max_batch: int = 1,
+    ) -> None:
         self.model_source = model_source
         self._cache_dir = cache_dir
         self._requested_device = device
@@ -40,19 +46,38 @@ class TransformersBackend:
         self.load_seconds: float | None = None
         # One worker thread = requests queue up instead of fighting over the same weights.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
-        self.active_generations = 0  # observable by tests: generation threads running now
-        self.tokens_generated = 0  # a counter since start-up, for /stats and benchmarks
+        self._serial_active = 0
+        self._serial_tokens = 0
+        self.max_batch = max_batch
+        self._batcher: ContinuousBatcher | None = None
         self.context_tokens: int | None = None
         self._counting_tokenizer: Any = None
+
+    @property
+    def active_generations(self) -> int:
+        """Replies generating or waiting to (observable by tests and /stats)."""
+        return self._serial_active + (self._batcher.active if self._batcher else 0)
+
+    @property
+    def tokens_generated(self) -> int:
+        """A counter since start-up, for /stats and benchmarks."""
+        return self._serial_tokens + (self._batcher.tokens_generated if self._batcher else 0)
 
     async def start(self) -> None:
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+        if self.max_batch > 1:
+            self._batcher = ContinuousBatcher(
+                self._model, self._tokenizer, self.device, max_batch=self.max_batch,
+                eos_ids=_eos_ids(self._model, self._tokenizer),
+            )
         self.load_seconds = time.perf_counter() - started
-        log.info("LLM %s loaded on %s in %.1f s", self.model_source, self.device, self.load_seconds)
+        log.info("LLM %s loaded on %s in %.1f s (batch %d)", self.model_source, self.device, self.load_seconds, self.max_batch)
 
     async def stop(self) -> None:
         # Waiting for a generation in progress must not block the event loop during shutdown.
+        if self._batcher is not None:
+            await asyncio.to_thread(self._batcher.close)
         await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
         self._model = None
         self._tokenizer = None
@@ -70,6 +95,8 @@ class TransformersBackend:
     def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         if self._model is None:
             raise LLMError("LLM not loaded", status=503)
+        if self._batcher is not None:
+            return self._batcher.stream(messages, options)
 
         def produce(emit: Callable[[TextPiece], bool], cancelled: threading.Event) -> None:
             self._generate_blocking(messages, options, emit, cancelled)
@@ -167,14 +194,14 @@ class TransformersBackend:
         }
         if sampling:
             generation_kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=0)
-        self.active_generations += 1
+        self._serial_active += 1
         try:
             with torch.inference_mode():
                 output = model.generate(**inputs, **generation_kwargs)
         finally:
-            self.active_generations -= 1
+            self._serial_active -= 1
         new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
-        self.tokens_generated += new_tokens
+        self._serial_tokens += new_tokens
         if cancelled.is_set():
             return
         eos_ids = _eos_ids(model, tokenizer)

@@ -10,7 +10,6 @@ import asyncio
 import ctypes
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from tts.base import TTSError, VoiceParams
+from chat2audio.runtime.scheduling import DeadlineExecutor
 from chat2audio.runtime.threads import stream_from_thread
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -54,7 +54,7 @@ class EspeakEngine:
         self._sample_rate = 22050
         self._known_voices: set[str] | None = None
         # A single thread: libespeak-ng's state belongs to whoever calls it, one caller at a time.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self._worker = DeadlineExecutor("espeak")  # one synthesis at a time, most urgent first
         self._callback_target: Callable[[np.ndarray], bool] | None = None
         self._c_callback = _SYNTH_CALLBACK(self._on_samples)  # kept alive as long as the engine
 

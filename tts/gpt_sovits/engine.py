@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.devices import DeviceUnavailable, resolve_device
+from chat2audio.runtime.scheduling import DeadlineExecutor
 from chat2audio.runtime.text import is_speakable
 from chat2audio.runtime.threads import stream_from_thread
 from tts.base import TTSError, VoiceParams
@@ -70,7 +70,7 @@ class GPTSoVITSEngine:
         self.device: str | None = None
         self._guard = GenerationGuard(min_tokens=min_tokens, tokens_per_phone=tokens_per_phone, max_context=max_context)
         self.cache = VoiceCache(models_dir=self.models_dir, cache_size=cache_size, guard=self._guard, stats=self.stats)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt-sovits")
+        self._worker = DeadlineExecutor("gpt-sovits")  # one synthesis at a time, most urgent first
         self._tts: Any = None
 
     @property
