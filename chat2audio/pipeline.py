@@ -108,6 +108,7 @@ async def speak_reply(
     overlap: bool = True,
     timeout_s: float | None = None,
     translate: Translator | None = None,
+    by_deadline: bool = True,
 ) -> AsyncIterator[ReplyItem]:
     """Yield the reply's audio, sentence by sentence, chunk by chunk, then one ReplyFinished.
 
@@ -115,7 +116,9 @@ async def speak_reply(
     `translate`, each sentence is translated before synthesis, in a stage of its own, so the
     translation of sentence n+1 overlaps the synthesis of sentence n. `overlap=False` is the
     original system's design, kept for benchmarks: the whole reply is written before the first
-    sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout.
+    sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout. With
+    `by_deadline`, each sentence is due when the listener would run out of audio (see
+    `chat2audio.runtime.scheduling`); without, every sentence is due when it is submitted.
     """
     deadline = _Deadline(timeout_s)
     written_so_far = _Written()
@@ -138,7 +141,8 @@ async def speak_reply(
                 continue
             if tts is not None:
                 streaming = stream_first_sentence and index == 0
-                chunks = _synthesize(tts, speech, voice, streaming, playback.runs_dry_at(), deadline)
+                due = playback.runs_dry_at() if by_deadline else time.monotonic()
+                chunks = _synthesize(tts, speech, voice, streaming, due, deadline)
                 async with aclosing(chunks):
                     async for audio in chunks:
                         playback.add(audio)

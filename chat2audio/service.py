@@ -205,6 +205,7 @@ class ChatService:
             splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
             stream_first_sentence=stream_first_sentence and overlapped, overlap=overlapped,
             timeout_s=self.settings.request_timeout_s, translate=translate,
+            by_deadline=self.settings.testing.tts_scheduling == "deadline",
         )
         started, first_audio, samples = time.perf_counter(), None, 0
         spoken: list[str] = []

@@ -22,6 +22,9 @@ class TestingSettings(BaseModel):
     pipeline_mode: Literal["overlapped", "sequential"] = Field(
         "overlapped", description="sequential = the original design (whole reply, then speech); for benchmarks"
     )
+    tts_scheduling: Literal["deadline", "fifo"] = Field(
+        "deadline", description="fifo = sentences synthesized in the order they come (before deadlines); for benchmarks"
+    )
 
 
 class Settings(BaseSettings):
