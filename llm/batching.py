@@ -62,8 +62,9 @@ class ContinuousBatcher:
 
     @property
     def active(self) -> int:
-        """Replies decoding or waiting to join."""
-        return len(self._rows) + self._inbox.qsize()
+        """Replies decoding or waiting to join (a finished or hung-up row is not counted, even
+        in the moment before the batch thread drops it)."""
+        return sum(1 for reply in list(self._rows) if not reply.cancelled.is_set()) + self._inbox.qsize()
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
@@ -87,8 +88,20 @@ class ContinuousBatcher:
 
         with torch.inference_mode():
             while self._admit():
-                if self._rows:
+                if not self._rows:
+                    continue
+                try:
                     self._step()
+                except Exception:  # a failed step fails its replies, never the thread
+                    log.exception("LLM decode step failed")
+                    self._fail_all(LLMError("the LLM failed while writing the reply; see the server log", status=500))
+
+    def _fail_all(self, error: LLMError) -> None:
+        for reply in self._rows:
+            if not reply.cancelled.is_set():
+                reply.send(error)
+                reply.send(_END)
+        self._rows, self._batch = [], None
 
     def _admit(self) -> bool:
         """Let newcomers in (blocking while idle); False once closed."""

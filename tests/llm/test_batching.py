@@ -89,3 +89,26 @@ async def test_a_hung_up_reply_frees_its_slot_at_once(model_dir, tmp_path):
 async def _after(delay_s: float, work):
     await asyncio.sleep(delay_s)
     return await work
+
+
+async def test_a_failing_decode_step_fails_its_replies_and_the_next_reply_still_runs(model_dir, tmp_path):
+    batched = await started(model_dir, tmp_path, max_batch=2)
+    model = batched._model
+    real_forward, calls = model.forward, {"n": 0}
+
+    def flaky_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # prefill, one good step, then a broken one
+            raise RuntimeError("out of memory in a decode step")
+        return real_forward(*args, **kwargs)
+
+    model.forward = flaky_forward
+    try:
+        with pytest.raises(Exception, match="failed while writing the reply"):
+            await asyncio.wait_for(reply(batched, QUESTIONS[0]), 30)
+        model.forward = real_forward
+        assert (await asyncio.wait_for(reply(batched, QUESTIONS[1]), 30))[0]
+        assert batched.active_generations == 0
+    finally:
+        model.forward = real_forward
+        await batched.stop()
