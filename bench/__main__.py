@@ -15,8 +15,8 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.concurrency import CROWD_HEADER, crowd
-from bench.measure import llm_speed, measure_floor, median, pipeline_in_process, stream_once, tts_speed
+from bench.concurrency import CROWD_HEADER, crowd, listen
+from bench.measure import llm_speed, measure_floor, median, pipeline_in_process, tts_speed
 from bench.profiles import PROFILES, Profile
 from tests.server import running_server
 
@@ -41,7 +41,7 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
             running_server("app_stream", {**env, "CHAT2AUDIO_TESTING__PIPELINE_MODE": "sequential"}, workdir / f"{profile.name}-seq.log")
         )
         for server in (ours, original):  # one throw-away reply each: first-request costs are not latency
-            stream_once(server.base_url, profile.request(profile.prompts[0][1]))
+            listen(server.base_url, profile.request(profile.prompts[0][1]))
         await pipeline_in_process(
             backends.llm, backends.tts, backends.voice, backends.messages(profile.prompts[0][1]), backends.options
         )
@@ -52,8 +52,8 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
             floors, ours_results, original_results = [], [], []
             for _ in range(repeats):  # each figure is the median run: one scheduler hiccup is not a result
                 floors.append(await measure_floor(backends.llm, backends.tts, backends.voice, messages, backends.options))
-                ours_results.append(stream_once(ours.base_url, body))
-                original_results.append(stream_once(original.base_url, body))
+                ours_results.append(listen(ours.base_url, body))
+                original_results.append(listen(original.base_url, body))
             floor = median_by(floors, lambda f: f.floor_s)
             ours_result = median_by(ours_results, lambda r: r.ttfa_s)
             original_result = median_by(original_results, lambda r: r.ttfa_s)
@@ -114,7 +114,7 @@ async def concurrency_section(profile: Profile, env: dict, workdir: Path, concur
     """N streams at once and one every STAGGER_S, on this server and on the serial path."""
     rows = []
     with running_server("app_stream", {**env, **SERIAL_ENV}, workdir / f"{profile.name}-serial.log") as serial:
-        stream_once(serial.base_url, profile.request(profile.prompts[0][1]))  # warm-up, as for ours
+        listen(serial.base_url, profile.request(profile.prompts[0][1]))  # warm-up, as for ours
         body = profile.request(profile.concurrency_prompt)
         for label, server in (("serial (before)", serial), ("batched + deadlines", ours)):
             for stagger in (0.0, STAGGER_S):

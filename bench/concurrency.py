@@ -43,6 +43,8 @@ class Listener:
 
 
 def listen(base_url: str, body: dict, *, timeout_s: float = 600) -> Listener:
+    """POST to the stream app and follow the reply as a player would: first audio byte, end,
+    audio received, underruns."""
     listener = Listener()
     client = httpx.Client(timeout=timeout_s)  # built before the clock starts (its TLS context takes ~20 ms)
     started = time.perf_counter()
@@ -59,8 +61,8 @@ def listen(base_url: str, body: dict, *, timeout_s: float = 600) -> Listener:
                 header_left = max(0, header_left - len(chunk))
                 if audio_bytes:
                     listener.heard(time.perf_counter() - started, audio_bytes / bytes_per_second)
-    except httpx.HTTPError:
-        listener.status = 0
+    except httpx.HTTPError:  # cut off: a failed run, whatever audio came first
+        listener.status, listener.ttfa_s = 0, None
     listener.total_s = time.perf_counter() - started
     return listener
 

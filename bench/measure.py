@@ -1,5 +1,5 @@
-"""Measurements: client-side over HTTP against a running server, and in-process on the same
-backends (the physical floor, the pipeline without HTTP, engine speeds)."""
+"""In-process measurements on the backends a server runs: the physical floor, the pipeline
+without HTTP, engine speeds (clients over HTTP are in `bench.concurrency`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from contextlib import aclosing
 from dataclasses import dataclass
 
-import httpx
 import numpy as np
 
 from chat2audio.pipeline import speak_reply
@@ -17,39 +16,6 @@ from chat2audio.runtime.text import is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, VoiceParams
-
-
-@dataclass
-class StreamResult:
-    ttfa_s: float | None  # request sent → first audio byte (after the 44-byte header)
-    total_s: float
-    audio_s: float
-    status: int
-
-
-def stream_once(base_url: str, body: dict, *, timeout_s: float = 300) -> StreamResult:
-    """POST to the stream app and time the first audio byte and the end, as a client sees them.
-    The clock starts when the request is sent, not while the client builds its TLS context."""
-    first: float | None = None
-    received = 0
-    rate = 1
-    client = httpx.Client(timeout=timeout_s)
-    started = time.perf_counter()
-    try:
-        with client.stream("POST", f"{base_url}/chat2audio", json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                return StreamResult(None, time.perf_counter() - started, 0.0, response.status_code)
-            rate = int(response.headers["x-sample-rate"])
-            for chunk in response.iter_raw():
-                received += len(chunk)
-                if first is None and received > 44:
-                    first = time.perf_counter() - started
-    except httpx.HTTPError:
-        return StreamResult(None, time.perf_counter() - started, 0.0, 0)
-    finally:
-        client.close()
-    return StreamResult(first, time.perf_counter() - started, max(0, received - 44) / 2 / rate, 200)
 
 
 @dataclass
