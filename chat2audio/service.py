@@ -96,10 +96,6 @@ class ChatService:
     def sessions(self) -> SessionStore:
         return self.conversations.store
 
-    @sessions.setter
-    def sessions(self, store: SessionStore) -> None:
-        self.conversations.store = store
-
     @property
     def turn_order(self) -> TurnOrder:
         return self.conversations.turn_order

@@ -35,7 +35,7 @@ class BrokenStore:
 
 async def test_a_store_failing_to_remember_does_not_fail_the_delivered_reply(tmp_path, caplog):
     async with scripted_service(tmp_path) as service:
-        service.sessions = BrokenStore()
+        service.conversations.store = BrokenStore()
         with caplog.at_level(logging.ERROR):
             assert await speak(service, "Hello there, friend.", session_id="s") > 0
         assert "could not remember the exchange" in caplog.text
@@ -44,7 +44,7 @@ async def test_a_store_failing_to_remember_does_not_fail_the_delivered_reply(tmp
 
 async def test_a_store_that_cannot_be_read_is_a_503_naming_the_way_out(tmp_path):
     async with scripted_service(tmp_path) as service:
-        service.sessions = BrokenStore(reads=False)
+        service.conversations.store = BrokenStore(reads=False)
         with pytest.raises(SessionStoreUnavailable, match="without session_id") as raised:
             await speak(service, "Hello there, friend.", session_id="s")
         assert raised.value.status == 503 and "store down" not in raised.value.message
@@ -63,7 +63,7 @@ class SlowStore(BrokenStore):
 
 async def test_what_was_spoken_is_remembered_even_when_the_client_hangs_up(tmp_path):
     async with scripted_service(tmp_path, scripted_tts_rtf="0.2") as service:
-        service.sessions = store = SlowStore()
+        service.conversations.store = store = SlowStore()
         # Starlette cancels a hung-up response through an anyio cancel scope, which re-cancels
         # every await inside it, the clean-up's included: do the same here.
         scope = anyio.CancelScope()
