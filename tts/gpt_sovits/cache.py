@@ -222,10 +222,14 @@ class VoiceCache:
 
     def _unload_unused(self, gpt_key: str, sovits_key: str) -> None:
         """Free weights that no cached voice uses any more (models are shared by file path)."""
-        tts = self.tts
+        tts, unloaded = self.tts, False
         if gpt_key in tts.gpt_models and all(v.gpt_key != gpt_key for v in self.voices.values()):
             for hook in self._hooks.pop(gpt_key, []):
                 hook.remove()
             tts.unload_gpt_model(gpt_key)
+            unloaded = True
         if sovits_key in tts.sovits_models and all(v.sovits_key != sovits_key for v in self.voices.values()):
             tts.unload_sovits_model(sovits_key)
+            unloaded = True
+        if unloaded:  # the engine turned gsv_tts' own clean-up off; this is where memory comes back
+            type(tts)._empty_cache(tts)
