@@ -106,7 +106,9 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
 
 
 # The path before batching and deadline scheduling, kept selectable so the comparison can be re-run.
-SERIAL_ENV = {"CHAT2AUDIO_LLM_MAX_BATCH": "1", "CHAT2AUDIO_TESTING__TTS_SCHEDULING": "fifo"}
+SERIAL_ENV = {
+    "CHAT2AUDIO_LLM_MAX_BATCH": "1", "CHAT2AUDIO_TTS_MAX_BATCH": "1", "CHAT2AUDIO_TESTING__TTS_SCHEDULING": "fifo",
+}
 STAGGER_S = 0.5
 
 

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="replies the in-process LLM decodes together (continuous batching); 1 = one at a time "
         "(the serial path). Unset: CHAT2AUDIO_MAX_CONCURRENT_REQUESTS",
     )
+    tts_max_batch: int | None = Field(
+        None, ge=1, le=64,
+        description="sentences GPT-SoVITS decodes together (batched synthesis); 1 = one at a time. "
+        "Unset: CHAT2AUDIO_MAX_CONCURRENT_REQUESTS",
+    )
     llm_context_tokens: int | None = Field(
         None,
         ge=64,
@@ -136,6 +141,11 @@ class Settings(BaseSettings):
     def llm_batch_size(self) -> int:
         """Replies the in-process LLM decodes together: every running reply, unless configured."""
         return self.llm_max_batch or self.max_concurrent_requests
+
+    @property
+    def tts_batch_size(self) -> int:
+        """Sentences GPT-SoVITS decodes together: one per running reply, unless configured."""
+        return self.tts_max_batch or self.max_concurrent_requests
 
     def model_path(self, value: str) -> Path:
         """A model named in the configuration: a relative path lies under the models dir."""

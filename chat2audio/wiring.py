@@ -116,7 +116,10 @@ def _gpt_sovits(settings: Settings) -> TTSEngine:
             raise ImportError(f"{package} is not installed (pip install gsv-tts-lite)", name=package)
     from tts.gpt_sovits import GPTSoVITSEngine
 
-    return GPTSoVITSEngine(models_dir=settings.models_dir, device=settings.device, cache_size=settings.tts_cache_size)
+    return GPTSoVITSEngine(
+        models_dir=settings.models_dir, device=settings.device, cache_size=settings.tts_cache_size,
+        max_batch=settings.tts_batch_size,
+    )
 
 
 def _scripted_tts(settings: Settings) -> TTSEngine:

@@ -33,6 +33,12 @@ def speaking_by(deadline: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
+def current_deadline() -> float:
+    """When work submitted here is due: the enclosing `speaking_by`'s deadline, else now."""
+    due = _deadline.get()
+    return time.monotonic() if due is None else due
+
+
 class DeadlineExecutor(Executor):
     """One worker thread; jobs run earliest deadline first, then in the order submitted. A job
     submitted outside `speaking_by` (loading models, warm-up) is due now."""
@@ -46,12 +52,12 @@ class DeadlineExecutor(Executor):
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        due = _deadline.get()
+        due = current_deadline()
         future: Future = Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("cannot schedule new jobs after shutdown")
-            heapq.heappush(self._jobs, (time.monotonic() if due is None else due, next(self._order), future, lambda: fn(*args, **kwargs)))
+            heapq.heappush(self._jobs, (due, next(self._order), future, lambda: fn(*args, **kwargs)))
             self._ready.notify()
         return future
 

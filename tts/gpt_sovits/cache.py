@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from tts.base import TTSError
-from tts.gpt_sovits.guard import GenerationGuard
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice, ref_text_with_final_pause, voice_files
 
@@ -75,14 +74,12 @@ class VoiceCache:
     """Prepared voices, loaded once; `cache_size` bounds the idle ones (least recently used go
     first); a voice held by a running reply (`holding`) is never evicted."""
 
-    def __init__(self, *, models_dir: Path, cache_size: int, guard: GenerationGuard, stats: EngineStats) -> None:
+    def __init__(self, *, models_dir: Path, cache_size: int, stats: EngineStats) -> None:
         self.models_dir = models_dir
         self.cache_size = max(1, cache_size)
-        self.guard = guard
         self.stats = stats
         self.tts: Any = None  # gsv_tts' TTS while the engine runs
         self.voices: OrderedDict[str, PreparedVoice] = OrderedDict()
-        self._hooks: dict[str, list[Any]] = {}
         # Voice key → replies holding it. Changed on the event loop, read by the worker: hence the lock.
         self._holds: Counter[str] = Counter()
         self._holds_lock = threading.Lock()
@@ -202,7 +199,6 @@ class VoiceCache:
         tts = self.tts
         if gpt_key not in tts.gpt_models:
             tts.load_gpt_model(gpt_key)
-            self._hooks[gpt_key] = self.guard.attach(tts.gpt_models[gpt_key].t2s_model)
             self.stats.gpt_loads += 1
 
     def _load_sovits(self, sovits_key: str) -> None:
@@ -224,8 +220,6 @@ class VoiceCache:
         """Free weights that no cached voice uses any more (models are shared by file path)."""
         tts, unloaded = self.tts, False
         if gpt_key in tts.gpt_models and all(v.gpt_key != gpt_key for v in self.voices.values()):
-            for hook in self._hooks.pop(gpt_key, []):
-                hook.remove()
             tts.unload_gpt_model(gpt_key)
             unloaded = True
         if sovits_key in tts.sovits_models and all(v.sovits_key != sovits_key for v in self.voices.values()):

@@ -1,8 +1,8 @@
 """The GPT-SoVITS engine: start, stop and synthesize, every gsv_tts call on its own worker thread.
 
 gsv_tts keeps mutable state on its `TTS` object and on the models (KV caches, CUDA graphs, the
-SoVITS stream overlap), so every call into it runs on that one thread. torch and gsv_tts are
-imported by `start()`, on that thread.
+SoVITS stream overlap), so every call into it runs on that one thread; concurrent sentences share
+it by decoding together (`batching`). torch and gsv_tts are imported by `start()`, on that thread.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,15 +17,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.devices import DeviceUnavailable, resolve_device
-from chat2audio.runtime.scheduling import DeadlineExecutor
+from chat2audio.runtime.scheduling import DeadlineExecutor, current_deadline
 from chat2audio.runtime.text import is_speakable
-from chat2audio.runtime.threads import stream_from_thread
 from tts.base import TTSError, VoiceParams
 from tts.gpt_sovits.base_models import base_model_problems
-from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
-from tts.gpt_sovits.guard import Cancelled, GenerationGuard
+from tts.gpt_sovits.cache import VoiceCache
+from tts.gpt_sovits.batching import END, Sentence, SentenceBatcher
+from tts.gpt_sovits.guard import GenerationGuard
 from tts.gpt_sovits.process import prepare_process_for_gsv_tts
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice, voice_file_problems
@@ -38,7 +36,8 @@ MAX_SENTENCE_CHARS = 500  # the BERT reads 510 characters at most; the GPT conte
 
 
 class GPTSoVITSEngine:
-    """Synthesizes GPT-SoVITS voices on one worker thread, with an LRU of prepared voices.
+    """Synthesizes GPT-SoVITS voices on one worker thread, up to `max_batch` sentences decoding
+    together, with an LRU of prepared voices.
 
     `cache_size` bounds the idle voices; a voice held by a running reply (`reply_voice`) is never
     evicted, so replies in more voices than the cache holds do not reload weights per sentence.
@@ -58,6 +57,7 @@ class GPTSoVITSEngine:
         tokens_per_phone: float = 6.0,
         max_context: int = 1024,
         stream_chunk_tokens: int = 25,
+        max_batch: int = 8,
     ) -> None:
         """`min_tokens + tokens_per_phone × phonemes` bounds each sentence's GPT tokens (25 = 1 s of
         speech; real speech is ~3 per phoneme), and `max_context` the prompt plus generation."""
@@ -68,9 +68,17 @@ class GPTSoVITSEngine:
         self.max_context = max_context
         self.stats = EngineStats()
         self.device: str | None = None
-        self._guard = GenerationGuard(min_tokens=min_tokens, tokens_per_phone=tokens_per_phone, max_context=max_context)
-        self.cache = VoiceCache(models_dir=self.models_dir, cache_size=cache_size, guard=self._guard, stats=self.stats)
-        self._worker = DeadlineExecutor("gpt-sovits")  # one synthesis at a time, most urgent first
+        self.cache = VoiceCache(models_dir=self.models_dir, cache_size=cache_size, stats=self.stats)
+        self._worker = DeadlineExecutor("gpt-sovits")  # the one thread that touches the models
+        self._batcher = SentenceBatcher(
+            worker=self._worker,
+            cache=self.cache,
+            guard=GenerationGuard(min_tokens=min_tokens, tokens_per_phone=tokens_per_phone, max_context=max_context),
+            stats=self.stats,
+            max_batch=max_batch,
+            max_context=max_context,
+            stream_chunk=stream_chunk_tokens,
+        )
         self._tts: Any = None
 
     @property
@@ -91,6 +99,7 @@ class GPTSoVITSEngine:
             await self._run(self._release)
         # A synthesis in progress finishes on its thread; the event loop does not wait for it.
         await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
+        self._batcher.abandon(TTSError("GPT-SoVITS engine is stopped", status=503))
 
     def sample_rate(self, voice: VoiceParams) -> int:
         return SAMPLE_RATE
@@ -127,12 +136,24 @@ class GPTSoVITSEngine:
                 f"sentence too long for GPT-SoVITS ({len(text)} characters; at most {MAX_SENTENCE_CHARS})", status=422
             )
 
-        def produce(emit: Callable[[np.ndarray], bool], cancelled: threading.Event) -> None:
-            self._synthesize_blocking(text.strip(), voice, emit, cancelled, streaming=streaming)
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue = asyncio.Queue()
 
-        async with contextlib.aclosing(stream_from_thread(produce, executor=self._worker)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        def send(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the requester's loop has closed
+                loop.call_soon_threadsafe(received.put_nowait, item)
+
+        sentence = Sentence(text.strip(), voice, streaming, current_deadline(), send)
+        self._batcher.submit(sentence)
+        try:
+            while (item := await received.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            sentence.cancelled.set()  # it leaves the batch at the next step
+            # No model work outlives the request: wait (shielded from our own cancellation) until it has.
+            await asyncio.shield(asyncio.wrap_future(sentence.finished))
 
     async def _run(self, function: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, function)
@@ -154,12 +175,13 @@ class GPTSoVITSEngine:
         except DeviceUnavailable as error:
             raise TTSError(str(error), status=503) from error
         dtype = "float16" if self.device.startswith("cuda") else "float32"
-        contexts = sorted({n for n in (256, 512, 768) if n < self.max_context} | {self.max_context})
         tts = gsv.TTS(
             models_dir=str(self.models_dir),
             device=self.device,
             dtype=dtype,
-            gpt_cache=[(1, n) for n in contexts],  # batch 1 only: the batch-4 defaults cost 4× the KV cache
+            # gsv_tts' own KV caches serve its infer(), which we do not call (`batching` keeps its
+            # own): the smallest one it accepts.
+            gpt_cache=[(1, 16)],
             use_bert=False,  # True would fetch an ONNX BERT on CPU; the local one is attached below
             use_flash_attn=False,
             always_load_cnhubert=True,
@@ -192,66 +214,6 @@ class GPTSoVITSEngine:
             tts.cnhubert_model = tts.sv_model = None
             free_cached_memory(tts)
 
-    def _synthesize_blocking(
-        self,
-        text: str,
-        voice: GPTSoVITSVoice,
-        emit: Callable[[np.ndarray], bool],
-        cancelled: threading.Event,
-        *,
-        streaming: bool,
-    ) -> None:
-        tts = self._tts
-        if tts is None:
-            raise TTSError("GPT-SoVITS engine is stopped", status=503)
-        prepared = self.cache.prepare(voice)
-        if cancelled.is_set():
-            return
-        self._guard.arm(ref_phones=prepared.ref_phones, prompt_tokens=prepared.prompt_tokens, cancelled=cancelled)
-        arguments = _infer_arguments(text, voice, prepared)
-        try:
-            self._infer(tts, arguments, emit, cancelled, streaming=streaming)
-            self.stats.completed += 1
-        except Cancelled:
-            self.stats.cancelled += 1
-        except TTSError:
-            raise
-        except ValueError as error:  # gsv_tts' word for text it cannot phonemize
-            log.warning("GPT-SoVITS could not synthesize %r: %s", text[:80], error)
-            raise TTSError("GPT-SoVITS could not turn this sentence into phonemes", status=422) from error
-        except Exception as error:
-            log.exception("GPT-SoVITS synthesis failed")
-            raise TTSError("GPT-SoVITS synthesis failed; see the server log") from error
-        finally:
-            self.stats.tokens_last = self._guard.disarm()
-            # An abandoned stream leaves its overlap on the SoVITS model; the next stream would blend it in.
-            tts.sovits_models[prepared.sovits_key].vq_model.enc_p.y_overlap = None
-
-    def _infer(
-        self,
-        tts: Any,
-        arguments: dict[str, Any],
-        emit: Callable[[np.ndarray], bool],
-        cancelled: threading.Event,
-        *,
-        streaming: bool,
-    ) -> None:
-        """One sentence through gsv_tts; raises `Cancelled` once the consumer has gone."""
-        if streaming:
-            clips = tts.infer_stream(
-                **arguments, is_cut_text=False, cut_mute=0.2, stream_chunk=self.stream_chunk_tokens, debug=False
-            )
-            try:
-                for clip in clips:
-                    if not emit(clean_audio(clip.audio_data)):
-                        raise Cancelled
-            finally:
-                clips.close()
-        else:
-            clip = tts.infer(**arguments)
-            if not cancelled.is_set():
-                emit(clean_audio(clip.audio_data))
-
 
 def _keep_cached_memory() -> None:
     """Stands in for gsv_tts' per-inference clean-up (see `_load_runtime`)."""
@@ -260,23 +222,3 @@ def _keep_cached_memory() -> None:
 def free_cached_memory(tts: Any) -> None:
     """gsv_tts' own clean-up: collect garbage and return the GPU's cached blocks (after unloading)."""
     type(tts)._empty_cache(tts)
-
-
-def _infer_arguments(text: str, voice: GPTSoVITSVoice, prepared: PreparedVoice) -> dict[str, Any]:
-    """gsv_tts' arguments for one sentence: the prepared voice's cache entries stand for its audio paths."""
-    return dict(
-        spk_audio_path=prepared.key,
-        prompt_audio_path=prepared.key,
-        prompt_audio_text=voice.ref_text,
-        text=text,
-        text_language=voice.target_language,
-        prompt_language=voice.ref_language,
-        top_k=voice.top_k,
-        top_p=voice.top_p,
-        temperature=voice.temperature,
-        repetition_penalty=voice.repetition_penalty,
-        noise_scale=voice.noise_scale,
-        speed=voice.speed_factor,
-        gpt_model=prepared.gpt_key,
-        sovits_model=prepared.sovits_key,
-    )

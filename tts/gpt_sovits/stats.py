@@ -17,4 +17,5 @@ class EngineStats:
     completed: int = 0
     cancelled: int = 0
     tokens_last: int = 0  # GPT tokens of the last synthesis (25 per second of speech)
+    largest_batch: int = 0  # the most sentences one GPT step has decoded together
     loaded: dict[str, float] = field(default_factory=dict)  # what start() loaded → seconds

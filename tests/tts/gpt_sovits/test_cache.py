@@ -119,7 +119,9 @@ async def test_held_voices_stay_loaded_through_interleaved_replies(tiny_gsv_mode
         stats, voices = engine.stats, [tiny_voice("TinyA"), tiny_voice("TinyB")]
         spoken = await speak_interleaved(engine, voices, hold=False)
         switches = sum(a != b for a, b in zip(spoken, spoken[1:]))
-        assert switches >= 3 and stats.voice_loads == 1 + switches  # unheld, one cached voice: a load per switch
+        # Unheld, one cached voice: evicted between sentences and loaded again (a sentence holds its
+        # voice only while it runs; two running at once share the load).
+        assert switches >= 3 and 2 < stats.voice_loads <= 1 + switches
 
         before = stats.voice_loads, stats.gpt_loads, stats.sovits_loads
         spoken = await speak_interleaved(engine, voices, hold=True)
