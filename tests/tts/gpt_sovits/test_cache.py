@@ -120,8 +120,8 @@ async def test_held_voices_stay_loaded_through_interleaved_replies(tiny_gsv_mode
         spoken = await speak_interleaved(engine, voices, hold=False)
         switches = sum(a != b for a, b in zip(spoken, spoken[1:]))
         # Unheld, one cached voice: evicted between sentences and loaded again (a sentence holds its
-        # voice only while it runs; two running at once share the load).
-        assert switches >= 3 and 2 < stats.voice_loads <= 1 + switches
+        # voice only while it runs).
+        assert switches >= 3 and stats.voice_loads > 2
 
         before = stats.voice_loads, stats.gpt_loads, stats.sovits_loads
         spoken = await speak_interleaved(engine, voices, hold=True)
