@@ -1,24 +1,40 @@
 """Continuous batching for an in-process causal LM: concurrent replies share decode steps.
 
-One thread owns the model. Each step it lets newcomers in (each prefilled alone, then merged
-into the running batch's KV cache, left-padded to a common length), runs one forward pass for
-every running reply, samples each row with that reply's own settings, and hands each reply its
-new text. A reply leaves at its end, its token limit, or the step after its client hung up: its
-slot is free at once. Newcomers are let in before the next step, since a new reply has no audio
+One thread owns the model. Each step it lets newcomers in, runs one forward pass for every
+running reply, samples each row with that reply's own settings, and hands each reply its new
+text. A reply leaves at its end, its token limit, or the step after its client hung up: its slot
+is free at once. Newcomers are let in before the next step, since a new reply has no audio
 buffered at its client while the running ones do.
 
-transformers' own ContinuousBatchingManager is not used: (see the closing note of the change
-that added this file for the measurements) it shares one generation config across requests,
-where each of our replies has its own temperature, top_p, repetition penalty and token limit.
+Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module does about it:
+
+- Prefill is compute-bound (~1.7 ms per prompt token), so 8 newcomers cost 8 prompts' worth
+  before any of them hears a word. Newcomers that arrive together are prefilled together
+  (`_plan_prefill`): a prompt prefix that several of them share (their speaker's system prompt),
+  or that a running reply already holds in its KV cache, is computed once, and prompts of about
+  the same length share a forward pass.
+- A decode step mostly reads the weights: 8 rows take ~1.6 times as long as one. The KV cache
+  (`_Rows`) has spare columns: a step writes its column in place, where transformers'
+  DynamicCache copies the whole cache (torch.cat) per layer per step; a leaving row is replaced
+  by the last row instead of copying all the others.
+- Sampling works on the [rows, vocabulary] logits: the repetition penalty is one gather and one
+  scatter for all rows, and nucleus sampling sorts only the most likely tokens (`_nucleus`),
+  not the whole vocabulary (which took ~4 ms a row).
+
+transformers' own ContinuousBatchingManager is not used: it shares one generation config across
+requests, where each of our replies has its own temperature, top_p, repetition penalty and token
+limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +43,20 @@ from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 log = logging.getLogger(__name__)
 
 _END = object()
+
+# A forward pass costs about as much as this many prompt tokens on top of its own tokens (the
+# weights are read once more), so a shared prompt prefix shorter than this is recomputed per
+# reply, and newcomers share a pass even if that pads their prompts by a few tokens.
+PASS_COST_TOKENS = 32
+MIN_SHARED_PREFIX = PASS_COST_TOKENS
+# Newcomers prefilled in one forward pass hold at most this many (padded) prompt tokens, which
+# bounds the activations' memory; a newcomer with a longer prompt is prefilled alone.
+MAX_PREFILL_TOKENS = 4096
+# Columns a row-cache grows by when a step runs out of room (one copy per this many steps).
+SPARE_COLUMNS = 128
+# Nucleus sampling looks at this many most likely tokens first (the whole vocabulary only if
+# their probabilities do not add up to top_p).
+NUCLEUS_CANDIDATES = 256
 
 
 @dataclass(eq=False)
@@ -41,9 +71,21 @@ class _Reply:
     prompt: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
+    # The distinct tokens of the prompt and reply so far (set and tensor), for the repetition
+    # penalty; made at the first penalised sampling.
+    seen: set[int] | None = None
+    seen_ids: Any = None
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+
+    def add(self, token: int) -> None:
+        self.generated.append(token)
+        if self.seen is not None and token not in self.seen:
+            import torch
+
+            self.seen.add(token)
+            self.seen_ids = torch.cat([self.seen_ids, self.seen_ids.new_tensor([token])])
 
 
 class ContinuousBatcher:
@@ -55,16 +97,22 @@ class ContinuousBatcher:
         self.eos_ids = eos_ids
         self.tokens_generated = 0
         self._inbox: queue.Queue[_Reply | None] = queue.Queue()
-        self._rows: list[_Reply] = []
-        self._batch: _Batch | None = None
+        self._joining: list[_Reply] = []
+        self._batch: _Rows | None = None
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
     @property
+    def _rows(self) -> list[_Reply]:
+        batch = self._batch  # read once: `active` reads this from other threads
+        return batch.replies if batch is not None else []
+
+    @property
     def active(self) -> int:
-        """Replies decoding or waiting to join (a finished or hung-up row is not counted, even
-        in the moment before the batch thread drops it)."""
-        return sum(1 for reply in list(self._rows) if not reply.cancelled.is_set()) + self._inbox.qsize()
+        """Replies decoding, being prefilled or waiting to join (a finished or hung-up row is not
+        counted, even in the moment before the batch thread drops it)."""
+        running = {*self._rows, *self._joining}  # a newcomer is in both while it joins
+        return sum(1 for reply in running if not reply.cancelled.is_set()) + self._inbox.qsize()
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
@@ -99,67 +147,138 @@ class ContinuousBatcher:
     def _fail_all(self, error: LLMError) -> None:
         for reply in self._rows:
             if not reply.cancelled.is_set():
-                reply.send(error)
-                reply.send(_END)
-        self._rows, self._batch = [], None
+                _fail(reply, error)
+        self._batch = None
 
     def _admit(self) -> bool:
-        """Let newcomers in (blocking while idle); False once closed."""
-        while len(self._rows) < self.max_batch:
+        """Let every waiting newcomer in (blocking while idle); False once closed."""
+        newcomers: list[_Reply] = []
+        open_ = True
+        while len(self._rows) + len(newcomers) < self.max_batch:
             try:
-                reply = self._inbox.get(block=not self._rows)
+                reply = self._inbox.get(block=not self._rows and not newcomers)
             except queue.Empty:
-                return True
+                break
             if reply is None:
-                return False
-            if reply.cancelled.is_set():
-                continue
+                open_ = False
+                break
+            if not reply.cancelled.is_set():
+                newcomers.append(reply)
+        if newcomers and open_:
+            self._joining = newcomers
             try:
-                self._join(reply)
-            except Exception:  # this reply's fault (or the model's): tell it, keep the rest
-                log.exception("LLM prefill failed")
-                reply.send(LLMError("the LLM failed to read the prompt; see the server log", status=500))
-                reply.send(_END)
-        return True
+                self._join(newcomers)
+            finally:
+                self._joining = []
+        return open_
 
-    def _join(self, reply: _Reply) -> None:
+    def _join(self, newcomers: list[_Reply]) -> None:
+        """Prefill the newcomers (together where that saves work), add them to the batch and
+        give each its first token. A newcomer whose prompt fails is told; the rest go on."""
+        import torch
+
+        readable = []
+        for reply in newcomers:
+            try:
+                reply.prompt = _chat_ids(self.tokenizer, reply.messages)
+                readable.append(reply)
+            except Exception:
+                log.exception("LLM prompt failed")
+                _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
+        prefilled = [part for group in _plan_prefill(readable) for part in self._prefill_or_fail(group)]
+        joined = [reply for part in prefilled for reply in part.replies]
+        try:
+            if joined:
+                logits = torch.cat([part.logits for part in prefilled])
+                self._batch = _Rows.gather(self._batch, joined, [row for part in prefilled for row in part.rows])
+                for reply, token in zip(joined, sample_next(logits, joined)):
+                    self._take(reply, token)
+        except Exception:  # the newcomers fail; the running rows go on
+            log.exception("LLM prefill failed")
+            for reply in joined:
+                if not reply.cancelled.is_set():
+                    _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
+
+    def _prefill_or_fail(self, group: list[_Reply]) -> list[_Prefill]:
+        """The group's prefill; if it fails, each reply's alone, so that only a reply at fault
+        fails (or all of them, if the model is at fault)."""
+        try:
+            return [self._prefill(group)]
+        except Exception:
+            log.exception("LLM prefill failed")
+        if len(group) > 1:
+            return [part for reply in group for part in self._prefill_or_fail([reply])]
+        _fail(group[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
+        return []
+
+    def _prefill(self, group: list[_Reply]) -> _Prefill:
+        """One forward pass over the group's prompts (right-padded: no mask needed, as every real
+        token only looks back at real tokens), after the prefix they share; that prefix is
+        copied from a running row that holds it, else computed once."""
         from transformers import DynamicCache
 
-        reply.prompt = _chat_ids(self.tokenizer, reply.messages)
-        ids = self._tensor([reply.prompt])
-        cache = DynamicCache()
-        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        row = _Batch(cache, ids.new_ones(ids.shape))
-        self._batch = row if self._batch is None else self._batch.merge(row)
-        self._rows.append(reply)
-        self._take(reply, int(sample(logits[0], reply.prompt, reply.generated, reply.options)))
+        alone = len(group) == 1
+        shared = 0 if alone else _shared_prefix([reply.prompt for reply in group])
+        donor, copied = 0, 0
+        if self._batch is not None:
+            reach = len(group[0].prompt) - 1 if alone else shared
+            donor, copied = self._batch.prefix_donor(group[0].prompt, limit=reach)
+        if alone:
+            shared = copied  # a lone newcomer computes the rest of its prompt in one pass
+        cache = DynamicCache(ddp_cache_data=self._batch.prefix(donor, copied)) if copied else DynamicCache()
+        if shared > copied:
+            self.model(
+                input_ids=self._tensor([group[0].prompt[copied:shared]]),
+                position_ids=self._positions(copied, shared - copied, 1),
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+        if not alone and shared:
+            cache.batch_repeat_interleave(len(group))
+        rests = [reply.prompt[shared:] for reply in group]
+        width = max(len(rest) for rest in rests)
+        # The logits of each row's last prompt token, and only those: one column per distinct length.
+        last_columns = sorted({len(rest) - 1 for rest in rests})
+        out = self.model(
+            input_ids=self._tensor([rest + [0] * (width - len(rest)) for rest in rests]),
+            position_ids=self._positions(shared, width, len(group)),
+            past_key_values=cache, use_cache=True, logits_to_keep=self._tensor(last_columns),
+        )
+        logits = out.logits[range(len(group)), [last_columns.index(len(rest) - 1) for rest in rests]]
+        rows = [
+            [(layer.keys[i, :, : len(reply.prompt)], layer.values[i, :, : len(reply.prompt)]) for layer in cache.layers]
+            for i, reply in enumerate(group)
+        ]
+        return _Prefill(group, rows, logits)
 
     def _step(self) -> None:
         self._prune()
         if not self._rows:
             return
         assert self._batch is not None
-        last = self._tensor([[reply.generated[-1]] for reply in self._rows])
+        replies = list(self._rows)
+        last = self._tensor([[reply.generated[-1]] for reply in replies])
         logits = self._batch.decode(self.model, last)
-        for index, reply in enumerate(self._rows):
+        for reply, token in zip(replies, sample_next(logits, replies)):
             if not reply.cancelled.is_set():
-                self._take(reply, int(sample(logits[index], reply.prompt, reply.generated, reply.options)))
+                self._take(reply, token)
         self._prune()
 
     def _prune(self) -> None:
         """Rows that ended or whose client hung up leave the batch (their slots free at once)."""
-        leaving = [i for i, reply in enumerate(self._rows) if reply.cancelled.is_set()]
-        if leaving and self._batch is not None:
-            self._rows = [reply for reply in self._rows if not reply.cancelled.is_set()]
-            self._batch = self._batch.without(leaving) if self._rows else None
+        if self._batch is not None:
+            self._batch.drop([i for i, reply in enumerate(self._batch.replies) if reply.cancelled.is_set()])
+            if not self._batch.replies:
+                self._batch = None
 
     def _take(self, reply: _Reply, token: int) -> None:
         """Record a sampled token: send new text, finish the reply at its end or limit."""
         self.tokens_generated += 1
         ended = token in self.eos_ids
         if not ended:
-            reply.generated.append(token)
+            reply.add(token)
         limit = len(reply.generated) >= reply.options.max_new_tokens
+        # Decoding the whole reply again costs ~20 µs at 80 tokens: not worth an incremental
+        # detokenizer's edge cases.
         text = self.tokenizer.decode(reply.generated, skip_special_tokens=True)
         # Hold back a character still being built from several tokens (U+FFFD), unless done.
         if len(text) > reply.sent_chars and (ended or limit or not text.endswith("\ufffd")):
@@ -170,74 +289,271 @@ class ContinuousBatcher:
             reply.send(_END)
             reply.cancelled.set()  # done: leaves the batch like a hung-up reply
 
-    def _tensor(self, rows: list[list[int]]) -> Any:
+    def _tensor(self, rows: list) -> Any:
         import torch
 
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
+    def _positions(self, start: int, length: int, rows: int) -> Any:
+        import torch
 
-class _Batch:
-    """The running rows' KV cache and attention mask (left-padded to one length)."""
+        return torch.arange(start, start + length, device=self.device).expand(rows, length)
 
-    def __init__(self, cache: Any, mask: Any) -> None:
-        self.cache, self.mask = cache, mask
+
+def _fail(reply: _Reply, error: LLMError) -> None:
+    reply.send(error)
+    reply.send(_END)
+    reply.cancelled.set()  # done: leaves the batch (if it is in) like a hung-up reply
+
+
+@dataclass
+class _Prefill:
+    """Newcomers after their prompt's forward pass: each one's KV cache ([heads, prompt, dim]
+    per layer) and the logits of its first token."""
+
+    replies: list[_Reply]
+    rows: list[list[tuple[Any, Any]]]
+    logits: Any
+
+
+class _Rows:
+    """The running rows' KV cache, left-padded so that every row ends at the same column.
+
+    Per layer, keys and values live in buffers [rows, heads, columns + spare, dim]; `cache` is
+    a transformers Cache over them whose layers write a step's column in place. `starts[i]` is
+    row i's first real column: columns before it are padding, masked out (and zero, or a former
+    row's values, never NaN: a masked column's weight is 0, and 0 * NaN would be NaN)."""
+
+    def __init__(self, replies: list[_Reply], buffers: list[tuple[Any, Any]], length: int, starts: list[int]) -> None:
+        from transformers.cache_utils import Cache
+
+        self.replies, self.starts = replies, starts
+        self.cache = Cache(layers=[_in_place_layer_class()(keys, values, length) for keys, values in buffers])
+
+    @property
+    def length(self) -> int:
+        return self.cache.layers[0].length
+
+    @classmethod
+    def gather(cls, batch: _Rows | None, replies: list[_Reply], rows: list[list[tuple[Any, Any]]]) -> _Rows:
+        """`batch` (if any) with these rows added: one copy of the whole cache, done when
+        newcomers join, so that steps need none."""
+        import torch
+
+        old_rows = len(batch.replies) if batch else 0
+        length = max([batch.length if batch else 0, *(row[0][0].shape[1] for row in rows)])
+        buffers = []
+        for layer, parts in enumerate(zip(*rows)):
+            heads, _, dim = parts[0][0].shape
+            like = parts[0][0]
+            shape = (old_rows + len(rows), heads, length + SPARE_COLUMNS, dim)
+            keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            values = torch.zeros_like(keys)
+            if batch:
+                old = batch.cache.layers[layer]
+                keys[:old_rows, :, length - old.length : length] = old.keys
+                values[:old_rows, :, length - old.length : length] = old.values
+            for i, (row_keys, row_values) in enumerate(parts, start=old_rows):
+                keys[i, :, length - row_keys.shape[1] : length] = row_keys
+                values[i, :, length - row_values.shape[1] : length] = row_values
+            buffers.append((keys, values))
+        starts = [start + length - batch.length for start in batch.starts] if batch else []
+        starts += [length - row[0][0].shape[1] for row in rows]
+        return cls([*(batch.replies if batch else []), *replies], buffers, length, starts)
 
     def decode(self, model: Any, last_tokens: Any) -> Any:
         """One step for every row: logits of each row's next token."""
-        positions = self.mask.sum(-1, keepdim=True)
-        self.mask = _cat(self.mask, self.mask.new_ones((self.mask.shape[0], 1)))
+        import torch
+
+        starts = torch.tensor(self.starts, device=last_tokens.device)
+        positions = (self.length - starts).unsqueeze(1)
+        mask = None  # rows all start at column 0 (say, a batch of one): nothing to mask
+        if any(self.starts):
+            mask = torch.arange(self.length + 1, device=starts.device).unsqueeze(0) >= starts.unsqueeze(1)
         out = model(
-            input_ids=last_tokens, attention_mask=self.mask, position_ids=positions,
+            input_ids=last_tokens, attention_mask=mask, position_ids=positions,
             past_key_values=self.cache, use_cache=True,
         )
         return out.logits[:, -1]
 
-    def merge(self, other: _Batch) -> _Batch:
-        """This batch with `other`'s rows appended, both left-padded to the longer length."""
-        from transformers import DynamicCache
+    def drop(self, rows: list[int]) -> None:
+        """Remove these rows: the last row moves into each freed one (a copy of one row, not of
+        the rest), then padding columns that no remaining row needs are cut off (a view)."""
+        for row in sorted(rows, reverse=True):
+            last = len(self.replies) - 1
+            if row != last:
+                self.replies[row], self.starts[row] = self.replies[last], self.starts[last]
+                for layer in self.cache.layers:
+                    layer.move_row(last, row)
+            self.replies.pop()
+            self.starts.pop()
+            for layer in self.cache.layers:
+                layer.keep_rows(last)
+        if self.replies and (first := min(self.starts)) > 0:
+            self.starts = [start - first for start in self.starts]
+            for layer in self.cache.layers:
+                layer.drop_columns(first)
 
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        layers = [
-            (_cat0(_left_pad(a.keys, length), _left_pad(b.keys, length)),
-             _cat0(_left_pad(a.values, length), _left_pad(b.values, length)))
-            for a, b in zip(self.cache.layers, other.cache.layers)
-        ]
-        mask = _cat0(_left_pad(self.mask, length, dim=1), _left_pad(other.mask, length, dim=1))
-        return _Batch(DynamicCache(ddp_cache_data=layers), mask)
+    def prefix_donor(self, prompt: list[int], limit: int) -> tuple[int, int]:
+        """The row whose prompt shares the longest prefix with `prompt` (at most `limit` tokens):
+        its index and that length."""
+        best, length = 0, 0
+        for i, reply in enumerate(self.replies):
+            shared = min(_shared_prefix([reply.prompt, prompt]), limit)
+            if shared > length:
+                best, length = i, shared
+        return (best, length) if length >= MIN_SHARED_PREFIX else (0, 0)
 
-    def without(self, rows: list[int]) -> _Batch:
-        """The batch without these rows, and without the padding columns no remaining row needs."""
-        import torch
-
-        keep = [i for i in range(self.mask.shape[0]) if i not in set(rows)]
-        index = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        first = int(mask.any(0).nonzero()[0])
-        self.cache.batch_select_indices(index)
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-        return _Batch(self.cache, mask[:, first:])
+    def prefix(self, row: int, length: int) -> list[tuple[Any, Any]]:
+        """Row `row`'s first `length` prompt tokens' keys and values, [1, heads, length, dim] per layer."""
+        columns = slice(self.starts[row], self.starts[row] + length)
+        rows = slice(row, row + 1)
+        return [(layer.keys[rows, :, columns], layer.values[rows, :, columns]) for layer in self.cache.layers]
 
 
-def sample(logits: Any, prompt: list[int], generated: list[int], options: GenerationOptions) -> int:
-    """The next token of one reply under its own settings: repetition penalty over what it has
-    seen, then greedy (temperature 0) or temperature + nucleus (top_p) sampling."""
+@functools.cache
+def _in_place_layer_class() -> type:
+    """Built on first use: transformers is imported by the model's thread, as everywhere in llm/."""
+    from transformers.cache_utils import DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        """A DynamicLayer over buffers with spare columns: `update` writes the new columns in
+        place and grows the buffers by SPARE_COLUMNS when full, instead of copying the whole
+        cache on every call. `keys` / `values` are views of the columns in use."""
+
+        def __init__(self, keys: Any, values: Any, length: int) -> None:
+            super().__init__()
+            self.key_buffer, self.value_buffer, self.length = keys, values, length
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self._expose()
+
+        def _expose(self) -> None:
+            self.keys = self.key_buffer[:, :, : self.length]
+            self.values = self.value_buffer[:, :, : self.length]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            import torch.nn.functional as F
+
+            end = self.length + key_states.shape[-2]
+            if end > self.key_buffer.shape[2]:
+                grow = [0, 0, 0, end - self.key_buffer.shape[2] + SPARE_COLUMNS]
+                self.key_buffer, self.value_buffer = F.pad(self.key_buffer, grow), F.pad(self.value_buffer, grow)
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
+            self.length = end
+            self._expose()
+            return self.keys, self.values
+
+        def move_row(self, source: int, target: int) -> None:
+            self.key_buffer[target] = self.key_buffer[source]
+            self.value_buffer[target] = self.value_buffer[source]
+
+        def keep_rows(self, count: int) -> None:
+            self.key_buffer, self.value_buffer = self.key_buffer[:count], self.value_buffer[:count]
+            self._expose()
+
+        def drop_columns(self, count: int) -> None:
+            self.key_buffer, self.value_buffer = self.key_buffer[:, :, count:], self.value_buffer[:, :, count:]
+            self.length -= count
+            self._expose()
+
+    return InPlaceLayer
+
+
+def _plan_prefill(replies: list[_Reply]) -> list[list[_Reply]]:
+    """Newcomers in groups that each take one forward pass (after their shared prefix's, if
+    any): a newcomer joins the group that it makes least costlier, if that costs less than a
+    pass of its own. A group pays its shared prefix once, and pads every prompt's own part to
+    its longest. Newcomers are placed in prompt order, so that those sharing a prefix meet."""
+    groups: list[list[_Reply]] = []
+    for reply in sorted(replies, key=lambda reply: reply.prompt):
+        best, best_added = None, _prefill_cost([reply.prompt])
+        for group in groups:
+            prompts = [*(member.prompt for member in group), reply.prompt]
+            added = _prefill_cost(prompts) - _prefill_cost(prompts[:-1])
+            fits = len(prompts) * max(len(p) for p in prompts) <= MAX_PREFILL_TOKENS
+            if added < best_added and fits:
+                best, best_added = group, added
+        if best is None:
+            groups.append([reply])
+        else:
+            best.append(reply)
+    return groups
+
+
+def _prefill_cost(prompts: Sequence[list[int]]) -> int:
+    """What prefilling these prompts together costs, in prompt tokens (each pass counted as
+    PASS_COST_TOKENS more)."""
+    shared = _shared_prefix(prompts) if len(prompts) > 1 else 0
+    prefix_pass = shared + PASS_COST_TOKENS if shared else 0
+    return prefix_pass + PASS_COST_TOKENS + len(prompts) * max(len(p) - shared for p in prompts)
+
+
+def _shared_prefix(prompts: Sequence[list[int]]) -> int:
+    """Tokens at the start of every prompt, leaving each at least one token of its own (whose
+    logits give its first reply token); 0 if fewer than MIN_SHARED_PREFIX."""
+    length = min(len(os.path.commonprefix(list(prompts))), min(len(p) for p in prompts) - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int]:
+    """The next token of each row ([rows, vocabulary] logits), each under its reply's own
+    settings: repetition penalty over what it has seen, then greedy (temperature 0) or
+    temperature + nucleus (top_p) sampling."""
+    scores = logits.float()
+    _penalise_repetitions(scores, replies)
+    tokens = scores.argmax(-1).tolist()
+    for i, reply in enumerate(replies):
+        if reply.options.temperature > 0:
+            tokens[i] = _draw(scores[i], reply.options)
+    return tokens
+
+
+def _penalise_repetitions(scores: Any, replies: Sequence[_Reply]) -> None:
+    """Each row's scores of the tokens its reply has seen, divided by its repetition penalty
+    (multiplied, where negative), as transformers' RepetitionPenaltyLogitsProcessor does: one
+    gather and one scatter over all rows' seen tokens."""
     import torch
 
-    scores = logits.float()
-    if options.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(prompt) | set(generated)), device=scores.device)
-        picked = scores[seen]
-        scores[seen] = torch.where(picked < 0, picked * options.repetition_penalty, picked / options.repetition_penalty)
-    if options.temperature <= 0:
-        return int(scores.argmax())
+    rows = [i for i, reply in enumerate(replies) if reply.options.repetition_penalty != 1.0]
+    if not rows:
+        return
+    for i in rows:
+        if replies[i].seen is None:
+            replies[i].seen = set(replies[i].prompt) | set(replies[i].generated)
+            replies[i].seen_ids = torch.tensor(sorted(replies[i].seen), dtype=torch.long, device=scores.device)
+    columns = torch.cat([replies[i].seen_ids for i in rows])
+    counts = torch.tensor([len(replies[i].seen_ids) for i in rows], device=scores.device)
+    row_index = torch.tensor(rows, device=scores.device).repeat_interleave(counts)
+    penalties = [replies[i].options.repetition_penalty for i in rows]
+    penalty = torch.tensor(penalties, device=scores.device).repeat_interleave(counts)
+    picked = scores[row_index, columns]
+    scores[row_index, columns] = torch.where(picked < 0, picked * penalty, picked / penalty)
+
+
+def _draw(scores: Any, options: GenerationOptions) -> int:
+    import torch
+
     probs = torch.softmax(scores / options.temperature, dim=-1)
-    if options.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > options.top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1))
+    if options.top_p >= 1.0:
+        return int(torch.multinomial(probs, 1))
+    candidates, ids = _nucleus(probs, options.top_p)
+    return int(ids[torch.multinomial(candidates, 1)])
+
+
+def _nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
+    """The smallest set of most likely tokens whose probabilities reach top_p (weights, ids).
+
+    A token is in it if the tokens more likely than it add up to at most top_p. Once the top k
+    add up to more than top_p, no token outside them is, so only the top k need sorting."""
+    count = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    while True:
+        top, ids = probs.topk(count)
+        if count == probs.shape[-1] or float(top.sum()) > top_p:
+            break
+        count = min(count * 8, probs.shape[-1])
+    top[top.cumsum(0) - top > top_p] = 0.0
+    return top, ids
 
 
 def _chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
@@ -245,25 +561,3 @@ def _chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
         [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
     )
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-def _left_pad(tensor: Any, length: int, dim: int = 2) -> Any:
-    import torch.nn.functional as F
-
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    pad = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
-    return F.pad(tensor, pad)
-
-
-def _cat(a: Any, b: Any) -> Any:
-    import torch
-
-    return torch.cat([a, b], dim=1)
-
-
-def _cat0(a: Any, b: Any) -> Any:
-    import torch
-
-    return torch.cat([a, b], dim=0)

@@ -1,21 +1,32 @@
 """Continuous batching on the tiny Qwen2 (real transformers model, random weights): replies that
 run together are token for token what each makes alone, join and leave at any step, keep their
-own settings, and a hung-up reply frees its slot at the next step."""
+own settings, and a hung-up reply frees its slot at the next step. Newcomers are prefilled
+together, a prompt prefix they share (or that a running reply holds) computed once."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from contextlib import aclosing
 
 import pytest
+import torch
 
+from llm import batching
 from llm.base import ChatMessage, GenerationOptions
 from llm.transformers_backend import TransformersBackend
 from tests.fixtures.tiny_qwen2 import build_tiny_qwen2
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
+PENALISED = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.3)
 QUESTIONS = ["Hello there, who are you?", "Where is the harbour?", "Tell me a story about the sea, please.", "Hi"]
+# A persona long enough that replies to it share a prompt prefix worth computing once.
+CAPTAIN = (
+    "You are Captain Mara Vell, who has sailed the northern trade routes for thirty years. You speak "
+    "plainly, with a dry sense of humour, and you tell stories of storms off the Grey Cape and of the "
+    "lighthouse keeper of Saltmere. Keep your answers short: they are read aloud."
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +40,10 @@ async def started(model_dir, tmp_path, max_batch: int) -> TransformersBackend:
     return backend
 
 
-async def reply(backend: TransformersBackend, question: str, options: GenerationOptions = GREEDY) -> tuple[str, str]:
-    messages = [ChatMessage("system", "You are a sailor."), ChatMessage("user", question)]
+async def reply(
+    backend: TransformersBackend, question: str, options: GenerationOptions = GREEDY, system: str = "You are a sailor."
+) -> tuple[str, str]:
+    messages = [ChatMessage("system", system), ChatMessage("user", question)]
     text, finish = "", None
     async with aclosing(backend.stream_chat(messages, options)) as pieces:
         async for piece in pieces:
@@ -39,7 +52,11 @@ async def reply(backend: TransformersBackend, question: str, options: Generation
     return text, finish
 
 
-async def test_replies_decoded_together_are_token_for_token_what_each_makes_alone(model_dir, tmp_path):
+@pytest.mark.parametrize("spare_columns", [batching.SPARE_COLUMNS, 3], ids=["default", "cache-grows-every-3-steps"])
+async def test_replies_decoded_together_are_token_for_token_what_each_makes_alone(
+    model_dir, tmp_path, monkeypatch, spare_columns
+):
+    monkeypatch.setattr(batching, "SPARE_COLUMNS", spare_columns)
     serial = await started(model_dir, tmp_path, max_batch=1)
     alone = [await reply(serial, q) for q in QUESTIONS]
     await serial.stop()
@@ -84,6 +101,179 @@ async def test_a_hung_up_reply_frees_its_slot_at_once(model_dir, tmp_path):
         assert (await reply(batched, QUESTIONS[0]))[0]  # the slot serves the next reply
     finally:
         await batched.stop()
+
+
+# (system prompt, question, options): three replies to the captain (a long shared prefix, questions
+# of different lengths, one with a repetition penalty), two to the short sailor prompt, one alone.
+MIXED = [
+    (CAPTAIN, QUESTIONS[0], GREEDY),
+    (CAPTAIN, QUESTIONS[2], PENALISED),
+    ("You are a sailor.", QUESTIONS[1], GREEDY),
+    (CAPTAIN, QUESTIONS[3], GREEDY),
+    ("You are a sailor.", QUESTIONS[2], PENALISED),
+    ("Answer in one word.", QUESTIONS[0], GREEDY),
+]
+
+
+@pytest.mark.parametrize(
+    "running_system",
+    [CAPTAIN, "Answer in one word."],
+    ids=["prefix-copied-from-a-running-reply", "prefix-computed-once"],
+)
+async def test_newcomers_prefilled_together_are_token_for_token_what_each_makes_alone(
+    model_dir, tmp_path, running_system
+):
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    alone = [await reply(serial, question, options, system) for system, question, options in MIXED]
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=8)
+    passes = _record_forward_passes(batched)
+    try:
+        # A first reply's prefill is held until the others wait in the inbox: they join together,
+        # next to that running reply (whose prompt prefix they may copy).
+        passes.hold()
+        first = asyncio.create_task(reply(batched, "Who are you?", GREEDY, running_system))
+        await passes.held.wait()
+        rest = [asyncio.create_task(reply(batched, question, options, system)) for system, question, options in MIXED]
+        while batched._batcher._inbox.qsize() < len(MIXED):
+            await asyncio.sleep(0.005)
+        passes.release()
+        together = await asyncio.gather(*rest)
+        await first
+        captain_prompt = batched.count_tokens([ChatMessage("system", CAPTAIN), ChatMessage("user", "Hi")])
+    finally:
+        await batched.stop()
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    prefills = [shape for shape in passes.shapes if shape[1] > 1]
+    # The captain's three newcomers shared one pass over what follows the persona ...
+    assert (3, True) in [(rows, width < batching.MIN_SHARED_PREFIX) for rows, width in prefills]
+    # ... and the persona was computed once: by the running reply's prefill, or by a pass of its own.
+    assert len([shape for shape in prefills if shape[1] > captain_prompt // 2]) == 1
+
+
+async def test_a_newcomer_copies_the_prefix_a_running_reply_holds(model_dir, tmp_path):
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    alone = await reply(serial, QUESTIONS[1], PENALISED, CAPTAIN)
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    passes = _record_forward_passes(batched)
+    long = GenerationOptions(max_new_tokens=2000, temperature=0.0, repetition_penalty=1.0)
+    try:
+        running = batched.stream_chat([ChatMessage("system", CAPTAIN), ChatMessage("user", QUESTIONS[0])], long)
+        await anext(running)  # decoding
+        later = await reply(batched, QUESTIONS[1], PENALISED, CAPTAIN)
+        await running.aclose()
+    finally:
+        await batched.stop()
+    assert later == alone
+    newcomer_prefill = [shape for shape in passes.shapes if shape[1] > 1][1]
+    assert newcomer_prefill[1] < batching.MIN_SHARED_PREFIX  # only what follows the shared persona
+
+
+async def test_a_prompt_that_fails_a_shared_prefill_fails_alone(model_dir, tmp_path):
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    alone = [await reply(serial, question, GREEDY, CAPTAIN) for question in QUESTIONS[:2]]
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=8)
+    passes = _record_forward_passes(batched)
+    passes.poison = set(batched._tokenizer.encode("Ω", add_special_tokens=False))  # in no other prompt
+    try:
+        passes.hold()
+        first = asyncio.create_task(reply(batched, "Who are you?", GREEDY, "Answer in one word."))
+        await passes.held.wait()
+        questions = [QUESTIONS[0], "Ω?", QUESTIONS[1]]
+        rest = [asyncio.create_task(reply(batched, question, GREEDY, CAPTAIN)) for question in questions]
+        while batched._batcher._inbox.qsize() < len(rest):
+            await asyncio.sleep(0.005)
+        passes.release()
+        results = await asyncio.gather(*rest, return_exceptions=True)
+        await first
+    finally:
+        await batched.stop()
+    assert [results[0], results[2]] == alone
+    assert isinstance(results[1], Exception) and "failed to read the prompt" in str(results[1])
+    assert any(rows == 3 for rows, width in passes.shapes if width > 1)  # they were tried together first
+
+
+class _ForwardPasses:
+    """The model's forward passes, by input shape; can hold the first until released, and fail a
+    prompt pass over a `poison` token."""
+
+    def __init__(self) -> None:
+        self.poison: set[int] = set()
+        self.shapes: list[tuple[int, int]] = []
+        self.held = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._release = threading.Event()
+        self._release.set()
+
+    def hold(self) -> None:
+        self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def seen(self, shape: tuple[int, int]) -> None:
+        self.shapes.append(shape)
+        if not self._release.is_set():
+            self._loop.call_soon_threadsafe(self.held.set)
+            self._release.wait(30)
+
+
+def _record_forward_passes(backend: TransformersBackend) -> _ForwardPasses:
+    model = backend._model
+    real_forward, passes = model.forward, _ForwardPasses()
+
+    def forward(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        passes.seen(tuple(ids.shape))
+        if ids.shape[1] > 1 and passes.poison & set(ids.flatten().tolist()):
+            raise RuntimeError("this prompt breaks the model")
+        return real_forward(*args, **kwargs)
+
+    model.forward = forward
+    return passes
+
+
+def test_plan_groups_newcomers_where_that_saves_prompt_tokens():
+    def newcomer(prompt: list[int]):
+        return batching._Reply([], GREEDY, None, None, prompt=prompt)  # type: ignore[arg-type]
+
+    persona = list(range(100, 160))
+    captain_a, captain_b = newcomer(persona + [1, 2, 3]), newcomer(persona + [4, 5, 6, 7, 8])
+    similar_length = [newcomer(list(range(200, 240))), newcomer(list(range(300, 338)))]
+    much_longer = newcomer(list(range(400, 700)))
+    groups = batching._plan_prefill([similar_length[0], captain_a, much_longer, similar_length[1], captain_b])
+    # The captain's share their persona; two prompts of about the same length share a pass (the
+    # padding costs less than a pass); a much longer one is not padded to.
+    assert groups == [[captain_a, captain_b], similar_length, [much_longer]]
+    assert batching._shared_prefix([captain_a.prompt, captain_b.prompt]) == len(persona)
+    assert batching._shared_prefix([persona[:10] + [1], persona[:10] + [2]]) == 0  # too short to be worth a pass
+    assert batching._shared_prefix([persona, persona]) == len(persona) - 1  # each keeps a token of its own
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p_without_sorting_the_vocabulary():
+    torch.manual_seed(0)
+    peaked = torch.softmax(torch.randn(5000) * 4, dim=-1)
+    flat = torch.softmax(torch.randn(5000) * 0.01, dim=-1)  # the top 256 are far from top_p
+    for probs in (peaked, flat):
+        for top_p in (0.1, 0.5, 0.9, 0.999):
+            weights, ids = batching._nucleus(probs.clone(), top_p)
+            ordered, order = probs.sort(descending=True)
+            kept = order[(ordered.cumsum(0) - ordered) <= top_p]
+            assert set(ids[weights > 0].tolist()) == set(kept.tolist())
+            assert torch.equal(weights[weights > 0], probs[ids[weights > 0]])
+
+
+def test_sampling_applies_each_rows_own_repetition_penalty():
+    def row(penalty: float, prompt: list[int]):
+        options = GenerationOptions(temperature=0.0, repetition_penalty=penalty)
+        return batching._Reply([], options, None, None, prompt=prompt)  # type: ignore[arg-type]
+
+    # Token 0 leads by a little; a penalty on it (seen in the prompt) lets token 1 win.
+    logits = torch.tensor([[2.0, 1.9, -1.0], [2.0, 1.9, -1.0], [2.0, 1.9, -1.0], [-2.0, -2.1, -5.0]])
+    rows = [row(1.0, [0]), row(1.3, [0]), row(1.3, [2]), row(1.3, [0])]
+    assert batching.sample_next(logits.clone(), rows) == [0, 1, 0, 1]  # negative logits: multiplied
 
 
 async def _after(delay_s: float, work):
