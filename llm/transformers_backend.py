@@ -71,6 +71,12 @@ class TransformersBackend:
                 self._model, self._tokenizer, self.device, max_batch=self.max_batch,
                 eos_ids=_eos_ids(self._model, self._tokenizer),
             )
+            # Warm up on the batch thread, then let the loading thread go: every thread that ran
+            # torch on CPU keeps its own pool of OpenMP workers, and an idle pool beyond the cores
+            # made each batched step ~30% slower (66 → 94 ms for SmolLM2-135M, batch 8, 2 cores).
+            async for _ in self._batcher.stream([ChatMessage("user", "Hi")], _WARM_UP):
+                pass
+            await asyncio.to_thread(self._worker.shutdown, wait=True)
         self.load_seconds = time.perf_counter() - started
         log.info("LLM %s loaded on %s in %.1f s (batch %d)", self.model_source, self.device, self.load_seconds, self.max_batch)
 
@@ -123,10 +129,9 @@ class TransformersBackend:
         self.context_tokens = getattr(model.config, "max_position_embeddings", None)
         if not self._tokenizer.chat_template:
             raise LLMError(f"{self.model_source} has no chat template", status=503)
-        # The first generate() pays one-off set-up costs; pay them here, not in a user's reply.
-        self._generate_blocking(
-            [ChatMessage("user", "Hi")], GenerationOptions(max_new_tokens=2, temperature=0), lambda piece: True, threading.Event()
-        )
+        if self.max_batch == 1:  # the batcher warms up on its own thread (see `start`)
+            # The first generate() pays one-off set-up costs; pay them here, not in a user's reply.
+            self._generate_blocking([ChatMessage("user", "Hi")], _WARM_UP, lambda piece: True, threading.Event())
 
     def _prepare_model_dir(self) -> Path:
         source = self.model_source
@@ -208,6 +213,9 @@ class TransformersBackend:
         ended_on_eos = new_tokens > 0 and int(output[0, -1]) in eos_ids
         hit_limit = new_tokens >= options.max_new_tokens and not ended_on_eos
         emit(TextPiece("", finish_reason="length" if hit_limit else "stop"))
+
+
+_WARM_UP = GenerationOptions(max_new_tokens=2, temperature=0)
 
 
 class IncrementalDetokenizer:
