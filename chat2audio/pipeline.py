@@ -123,14 +123,17 @@ async def speak_reply(
     deadline = _Deadline(timeout_s)
     written_so_far = _Written()
     written: asyncio.Queue = asyncio.Queue(maxsize=queue_size if overlap else 0)
-    writer = _write_sentences(llm, messages, options, SentenceSplitter(splitter_config), written, written_so_far, deadline)
+    playback = _Playback(tts.sample_rate(voice) if tts is not None and voice is not None else 0)
+    running_dry = playback.running_dry if by_deadline and tts is not None else None
+    writer = _write_sentences(
+        llm, messages, options, SentenceSplitter(splitter_config), written, written_so_far, deadline, running_dry
+    )
     stages = [asyncio.create_task(writer, name="reply-writer")]
     to_speak = written
     if translate is not None:
         to_speak = asyncio.Queue(maxsize=queue_size if overlap else 0)
         stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, deadline)))
     spoken: list[str] = []
-    playback = _Playback(tts.sample_rate(voice) if tts is not None and voice is not None else 0)
     try:
         if not overlap:
             await asyncio.shield(stages[0])
@@ -163,9 +166,15 @@ async def _write_sentences(
     written: asyncio.Queue,
     seen: _Written,
     deadline: _Deadline,
+    running_dry: Callable[[], bool | None] | None = None,
 ) -> None:
     """The writer stage: LLM pieces through the splitter onto `written`, then the end marker.
-    A failure is put on the queue for the reader, which raises it in the request."""
+    A failure is put on the queue for the reader, which raises it in the request.
+
+    When nothing written waits to be spoken and the listener is about to run out of audio
+    (`running_dry()` is not None), the sentence being written is cut at its last comma (at its
+    last word once the listener has run out: `running_dry()` is True): a shorter piece now beats
+    silence until the sentence ends. With many replies sharing the LLM, each writes slower."""
     started = time.perf_counter()
     try:
         async with aclosing(llm.stream_chat(messages, options)) as pieces:
@@ -175,6 +184,9 @@ async def _write_sentences(
                     seen.finish_reason = piece.finish_reason
                 for sentence in splitter.feed(piece.text):
                     await written.put(sentence)
+                if running_dry is not None and written.empty() and (dry := running_dry()) is not None:
+                    for sentence in splitter.cut_early(at_words=dry):
+                        await written.put(sentence)
         seen.llm_done_s = time.perf_counter() - started
         for sentence in splitter.finish(drop_incomplete=seen.finish_reason == "length"):
             await written.put(sentence)
@@ -189,6 +201,10 @@ async def _write_sentences(
         await written.put(_Failed(error))
 
 
+# A listener with less audio than this left gets the sentence being written cut at a comma.
+LOW_WATER_S = 0.4
+
+
 class _Playback:
     """When this reply's listener runs out of audio, if it plays from the first chunk in real time."""
 
@@ -201,6 +217,14 @@ class _Playback:
         if self.started is None:
             self.started = time.monotonic()
         self.seconds += audio.size / self.sample_rate if self.sample_rate else 0.0
+
+    def running_dry(self) -> bool | None:
+        """None while the listener has more than `LOW_WATER_S` of audio left (or has not started),
+        False when it is about to run out, True once it has."""
+        if self.started is None:
+            return None
+        left = self.runs_dry_at() - time.monotonic()
+        return None if left > LOW_WATER_S else left <= 0
 
     def runs_dry_at(self) -> float:
         """The deadline of the next sentence: now before any audio was sent (no slack at all)."""

@@ -78,6 +78,22 @@ class SentenceSplitter:
         out, self._out = self._out, []
         return out
 
+    def cut_early(self, *, at_words: bool = False) -> list[str]:
+        """Emit the buffered text up to its last comma-like break now, before its sentence ends
+        (with `at_words`, up to its last word boundary if it has no such break): the listener is
+        about to run out of audio. The one decision that depends on timing, not on the text."""
+        if self._finished or self._filter.holding:
+            return []
+        text = self._buffer
+        cut = self._lastsoft_break(text)
+        if cut is None and at_words and speech_weight(text) >= self.config.min_weight:
+            cut = _last_word_boundary(text)
+        if cut:
+            head, self._buffer = text[:cut], text[cut:]
+            self._emit(head)
+        out, self._out = self._out, []
+        return out
+
     def _push_spoken(self, ch: str) -> None:
         self._decide_boundary_before(ch)
         self._buffer += ch

@@ -116,3 +116,23 @@ async def test_reply_text_is_cut_to_whole_sentences_when_tokens_ran_out():
     _, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), options=GenerationOptions(max_new_tokens=14)))
     assert reply.raw_text.startswith(SENTENCES[0] + " Follow")
     assert reply.text == SENTENCES[0]
+
+
+SLOW_SCRIPT = (
+    "Hello there. The lanterns, which hang along the old harbour wall and glow all through the night, "
+    "lead us down to the ships."
+)
+
+
+async def test_a_listener_about_to_run_dry_gets_the_sentence_being_written_cut_at_a_comma():
+    # The first sentence plays for ~1 s; the second takes the LLM ~2.5 s to write: a listener
+    # would wait in silence unless what is written so far is spoken at its commas.
+    spoken = {}
+    for by_deadline in (True, False):
+        llm = ScriptedLLM(token_delay_s=0.12, first_token_delay_s=0.0)
+        chunks, reply = await whole(run(llm, ScriptedTTS(rtf=0.0), text=SLOW_SCRIPT, by_deadline=by_deadline))
+        spoken[by_deadline] = list(reply.spoken)
+        assert " ".join(reply.spoken) == SLOW_SCRIPT  # nothing lost or repeated either way
+    assert spoken[False] == ["Hello there.", SLOW_SCRIPT.removeprefix("Hello there. ")]
+    # About to run dry: cut at the comma written so far. Once dry with no comma in sight: at a word.
+    assert spoken[True][:2] == ["Hello there.", "The lanterns,"] and len(spoken[True]) > 3

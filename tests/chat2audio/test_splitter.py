@@ -397,3 +397,12 @@ def test_speakable_text_is_what_the_splitter_says_for_a_single_sentence(before, 
     text = re.sub(r"[。！？!?…；;.\n]", " ", before + after)
     config = SplitterConfig(max_weight=10_000, first_cut_at_soft_break=False)
     assert " ".join(split(text, config=config)) == speakable_text(text)
+
+
+def test_cut_early_speaks_up_to_the_last_comma_or_word_and_keeps_the_rest():
+    splitter = SentenceSplitter()
+    assert splitter.feed("Hi there. The lanterns, which hang along the old harbour") == ["Hi there."]
+    assert splitter.cut_early() == ["The lanterns,"]
+    assert splitter.cut_early() == []  # no comma left: only at words, and only when asked
+    assert splitter.cut_early(at_words=True) == ["which hang along the old"]
+    assert splitter.feed(" wall.") == [] and splitter.finish() == ["harbour wall."]
