@@ -215,7 +215,21 @@ class SentenceBatcher:
     # -- the worker thread -----------------------------------------------------------------------
 
     def _drive(self) -> None:
-        """Step until no sentence runs or waits."""
+        """Step until no sentence runs or waits. Should the loop itself fail, every sentence is told
+        and the next one starts a new loop: nothing waits for a worker that has stopped stepping."""
+        try:
+            self._step_until_idle()
+        except BaseException:
+            log.exception("GPT-SoVITS batch loop failed")
+            error = TTSError("GPT-SoVITS synthesis failed; see the server log")
+            for batch in self.batches.values():
+                for sentence in batch.rows:
+                    self._finish(sentence, error, on_worker=False)
+            self.batches = {}
+            self.abandon(error)
+            raise
+
+    def _step_until_idle(self) -> None:
         import torch
 
         with torch.inference_mode():

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
 from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect, joined
@@ -69,3 +70,17 @@ async def test_a_hung_up_sentence_leaves_the_batch_at_once_and_the_rest_finish(g
         assert joined(chunks).size > 0.8 * whole.size
     assert gsv_engine._batcher.active == 0
     await wait_until(lambda: gsv_engine._batcher.batches == {}, timeout_s=1.0)  # idle: no KV cache held
+
+
+async def test_a_failing_batch_loop_fails_its_sentences_and_the_next_one_still_runs(gsv_engine, monkeypatch):
+    from tts.base import TTSError
+
+    def broken_admit():
+        raise RuntimeError("simulated bug in the loop")
+
+    monkeypatch.setattr(gsv_engine._batcher, "_admit", broken_admit)
+    with pytest.raises(TTSError) as caught:
+        await collect(gsv_engine, SHORT, tiny_voice())
+    assert caught.value.status == 500 and "server log" in str(caught.value)
+    monkeypatch.undo()
+    assert_audio(joined(await collect(gsv_engine, SHORT, tiny_voice())))
