@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 END = object()  # sent after a sentence's last chunk (or its error)
 
+FAILED = "GPT-SoVITS synthesis failed; see the server log"  # what clients hear of an unexpected error
 SUPPRESS_EOS_STEPS = 10  # gsv_tts' GPT may not end a sentence in its first 10 tokens
 OVERLAP_TOKENS = 5  # streamed chunks overlap by this many tokens, cross-faded (gsv_tts' default)
 PAUSE_AFTER_S = 0.2  # silence after each sentence, longer after a full stop (as gsv_tts does)
@@ -79,12 +80,10 @@ class Sentence:
 class _StreamState:
     """Where a streamed sentence's vocoding stands between chunks."""
 
-    sent_tokens: int = 0
     held_tokens: int | None = None  # a chunk ready but held back one chunk, as gsv_tts does
-    first: bool = True
     valid_start: int = 0
     y_overlap: Any = None  # the SoVITS encoder's overlap (gsv_tts keeps it on the model: one per sentence here)
-    audio_overlap: Any = None
+    audio_overlap: Any = None  # the end of the last chunk; None until the first is vocoded
 
 
 class _Batch:
@@ -221,7 +220,7 @@ class SentenceBatcher:
             self._step_until_idle()
         except BaseException:
             log.exception("GPT-SoVITS batch loop failed")
-            error = TTSError("GPT-SoVITS synthesis failed; see the server log")
+            error = TTSError(FAILED)
             for batch in self.batches.values():
                 for sentence in batch.rows:
                     self._finish(sentence, error, on_worker=False)
@@ -245,7 +244,7 @@ class SentenceBatcher:
                     except Exception:  # a failed step fails its sentences, never the worker
                         log.exception("GPT-SoVITS decode step failed")
                         for sentence in batch.rows:
-                            self._finish(sentence, TTSError("GPT-SoVITS synthesis failed; see the server log"))
+                            self._finish(sentence, TTSError(FAILED))
                         batch.rows = []
                     if not batch.rows:
                         del self.batches[key]  # its KV cache goes with it
@@ -269,7 +268,7 @@ class SentenceBatcher:
                 self._finish(sentence, TTSError("GPT-SoVITS could not turn this sentence into phonemes", status=422))
             except Exception:
                 log.exception("GPT-SoVITS could not start a sentence")
-                self._finish(sentence, TTSError("GPT-SoVITS synthesis failed; see the server log"))
+                self._finish(sentence, TTSError(FAILED))
 
     def _join(self, sentence: Sentence) -> None:
         """Prepare the voice, read the sentence's prompt into a free slot, sample its first token."""
@@ -349,7 +348,7 @@ class SentenceBatcher:
             row.tokens.append(int(token))
             row.history = torch.cat([row.history, token], dim=1)
             if row.stream is not None and len(row.tokens) % self.stream_chunk == 0:
-                vocoding.extend(_stream_chunks_due(row, len(row.tokens)))
+                vocoding.extend(_stream_chunks_due(row, len(row.tokens), self.stream_chunk))
         inputs = batch.embed(torch.cat(samples), lengths - torch.tensor([row.text_phones for row in rows], device=lengths.device))
         for row, row_input in zip(rows, inputs.split(1)):
             row.next_input = row_input
@@ -387,6 +386,7 @@ class SentenceBatcher:
             audio = audio[tts._find_head_threshold_offsets(audio):]
         else:
             overlap_samples = OVERLAP_TOKENS * vq_model.samples_per_frame
+            first_chunk = state.audio_overlap is None
             vq_model.enc_p.y_overlap = state.y_overlap
             try:
                 audio, attention = vq_model.decode(
@@ -396,16 +396,15 @@ class SentenceBatcher:
                 state.y_overlap = vq_model.enc_p.y_overlap
             finally:
                 vq_model.enc_p.y_overlap = None
-            if state.audio_overlap is not None:
+            if not first_chunk:
                 audio, _ = tts._sola_algorithm(state.audio_overlap, audio, overlap_samples)
             state.audio_overlap = audio[:, :, -overlap_samples:].clone()
             if not final:
                 audio = audio[:, :, :-overlap_samples]
                 state.valid_start = attention.shape[1] - OVERLAP_TOKENS
             audio = audio[0, 0]
-            if state.first:
+            if first_chunk:
                 audio = audio[tts._find_head_threshold_offsets(audio):]
-                state.first = False
         samples = audio.float().cpu().numpy()
         if final:
             pause = PAUSE_AFTER_S * PAUSE_SCALE.get(sentence.text.rstrip()[-1:], 1.0) / voice.speed_factor
@@ -413,18 +412,14 @@ class SentenceBatcher:
         return clean_audio(samples)
 
 
-def _stream_chunks_due(row: Sentence, tokens: int) -> list[tuple[Sentence, int, bool]]:
+def _stream_chunks_due(row: Sentence, tokens: int, chunk: int) -> list[tuple[Sentence, int, bool]]:
     """A streamed sentence's chunk boundary: the first chunk goes at once, later ones one chunk late
     (so the vocoder never ends a chunk on the newest tokens; gsv_tts' schedule)."""
-    state, due = row.stream, []
-    if state.held_tokens is not None:
-        due.append((row, state.held_tokens, False))
+    state = row.stream
+    if tokens == chunk:
+        return [(row, tokens, False)]
+    due = [] if state.held_tokens is None else [(row, state.held_tokens, False)]
     state.held_tokens = tokens
-    if state.sent_tokens == 0 and not due:
-        due.append((row, tokens, False))
-        state.held_tokens = None
-    if due:
-        state.sent_tokens = due[-1][1]
     return due
 
 

@@ -65,7 +65,6 @@ class GPTSoVITSEngine:
         self.device_setting = device
         self.use_bert = use_bert
         self.stream_chunk_tokens = stream_chunk_tokens
-        self.max_context = max_context
         self.stats = EngineStats()
         self.device: str | None = None
         self.cache = VoiceCache(models_dir=self.models_dir, cache_size=cache_size, stats=self.stats)
