@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import shutil
 
@@ -99,17 +98,22 @@ async def test_a_voice_that_failed_to_load_fails_fast_and_shows_unavailable_unti
     assert gsv_engine.stats.voice_loads == loads + 2
 
 
-async def speak_interleaved(engine, voices, *, hold: bool) -> list[str]:
-    """One reply per voice, all at once, three sentences each; returns the voices in spoken order."""
-    spoken = []
+async def speak_interleaved(engine, voices) -> list[str]:
+    """One held reply per voice, all open at once, three sentences each, the voices taking turns
+    sentence by sentence (A, B, A, …); returns the voices in spoken order."""
+    spoken, turn = [], asyncio.Condition()
 
-    async def reply(voice):
-        async with hold_voice(engine, voice) if hold else contextlib.nullcontext():
+    async def reply(index, voice):
+        async with hold_voice(engine, voice):
             for text in (SHORT, SPOKEN_TEXTS[1], SHORT):
+                async with turn:
+                    await turn.wait_for(lambda: len(spoken) % len(voices) == index)
                 await collect(engine, text, voice)
-                spoken.append(voice.gpt_model)
+                async with turn:
+                    spoken.append(voice.gpt_model)
+                    turn.notify_all()
 
-    await asyncio.gather(*(reply(voice) for voice in voices))
+    await asyncio.gather(*(reply(index, voice) for index, voice in enumerate(voices)))
     return spoken
 
 
@@ -124,7 +128,7 @@ async def test_held_voices_stay_loaded_through_interleaved_replies(tiny_gsv_mode
         assert stats.voice_loads == 6
 
         before = stats.voice_loads, stats.gpt_loads, stats.sovits_loads
-        spoken = await speak_interleaved(engine, voices, hold=True)
+        spoken = await speak_interleaved(engine, voices)
         assert sum(a != b for a, b in zip(spoken, spoken[1:])) >= 3
         # Held: each voice loads at most once per reply (one of them may still be cached), whatever the order.
         assert stats.voice_loads - before[0] <= 2 and stats.gpt_loads - before[1] <= 2
