@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -100,15 +101,19 @@ CROWD_HEADER = [
 
 
 async def crowd(base_url: str, pid: int, body: dict, n: int, *, stagger_s: float = 0.0) -> Crowd:
-    """N clients, the i-th arriving at i × `stagger_s`; tokens counted by the server's /stats."""
+    """N clients, the i-th arriving at i × `stagger_s`; tokens counted by the server's /stats.
+
+    Each client has a thread of its own: asyncio's default pool has only cpu_count + 4 threads
+    (6 on 2 cores), which would hold the 7th client back until one of the first six finished."""
     tokens_before = _llm_tokens(base_url)
+    loop = asyncio.get_running_loop()
 
     async def arrive(index: int) -> Listener:
         await asyncio.sleep(index * stagger_s)
-        return await asyncio.to_thread(listen, base_url, body)
+        return await loop.run_in_executor(clients, listen, base_url, body)
 
     started = time.perf_counter()
-    with PeakRSS(pid) as rss:
+    with PeakRSS(pid) as rss, ThreadPoolExecutor(max_workers=n, thread_name_prefix="listener") as clients:
         listeners = list(await asyncio.gather(*(arrive(index) for index in range(n))))
     wall_s = time.perf_counter() - started
     return Crowd(n, stagger_s, listeners, wall_s, _llm_tokens(base_url) - tokens_before, rss.peak_mb)
