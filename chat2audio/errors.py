@@ -36,6 +36,10 @@ class UnknownSpeaker(ServiceError):
     status, type = 404, "unknown_speaker"
 
 
+class NoPortrait(ServiceError):
+    status, type = 404, "no_portrait"
+
+
 class SpeakerUnavailable(ServiceError):
     status, type = 503, "speaker_unavailable"
 

@@ -62,8 +62,11 @@ class ChatRequest(ChatOptions):
 
 class SpeakerInfo(BaseModel):
     id: str
-    available: bool
+    available: bool = Field(description="It can speak: its voice is loaded or loadable.")
+    can_chat: bool = Field(True, description="It can answer in text (format: text) even if it cannot speak.")
     reason: str | None = Field(None, description="Why the speaker is unavailable (missing files, …).")
+    download_command: str | None = Field(None, description="What fetches the voice's missing files.")
+    portrait_url: str | None = Field(None, description="Its picture, if speakers/<id>.png|jpg|webp exists.")
     engine: str | None = None
     display_name: str | None = None
     description: str | None = None

@@ -24,7 +24,7 @@ from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionSt
 from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig
-from chat2audio.startup import start_llm, start_stt, start_tts_engines
+from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from stt.base import STTBackend
 from tts.base import TTSEngine, hold_voice
@@ -101,13 +101,19 @@ class ChatService:
         return self.conversations.turn_order
 
     async def start(self) -> None:
-        """Load every engine some speaker needs, the LLM and, if configured, speech-to-text."""
-        await start_tts_engines(self.registry, self.settings)
+        """Load every engine some speaker needs, the LLM and, if configured, speech-to-text;
+        then log one summary of what runs and what does not."""
+        started = time.perf_counter()
+        engine_states = await start_tts_engines(self.registry, self.settings)
         self.llm, self.load_error = await start_llm(self.settings)
-        if self.llm is None:
-            return
-        self.stt, self.stt_error = await start_stt(self.settings)
-        self.ready = True
+        if self.llm is not None:
+            self.stt, self.stt_error = await start_stt(self.settings)
+            self.ready = True
+        summary = startup_summary(
+            self.settings, seconds=time.perf_counter() - started, llm=self.llm, llm_error=self.load_error,
+            engine_states=engine_states, speakers=self.registry.all(), stt=self.stt, stt_error=self.stt_error,
+        )
+        (log.info if self.ready else log.error)("%s", summary)
 
     async def stop(self) -> None:
         self.ready = False

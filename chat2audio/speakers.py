@@ -83,6 +83,13 @@ class Speaker:
         return "; ".join(self.problems + self.voice_problems) or None
 
     @property
+    def download_command(self) -> str | None:
+        """How to fetch what the voice lacks, when files are missing (engines say "missing …")."""
+        if self.voice is None or not any(problem.startswith("missing ") for problem in self.voice_problems):
+            return None
+        return self.voice.download_command(self.id)
+
+    @property
     def translates(self) -> bool:
         """Replies are written in `language` and spoken in `speech_language`."""
         return bool(self.speech_language and self.language and self.speech_language != self.language)
@@ -185,20 +192,24 @@ class SpeakerRegistry:
                 problems.extend(engines[speaker.engine].check_voice(speaker.voice, models_dir))
             speaker = replace(speaker, voice_problems=tuple(problems))
             self._speakers[speaker_id] = speaker
-            if speaker.reason:
-                log.warning("speaker %s unavailable: %s", speaker_id, speaker.reason)
+            if speaker.reason:  # files not downloaded or an engine not started: the summary counts them
+                log.debug("speaker %s cannot speak: %s", speaker_id, speaker.reason)
 
     def all(self) -> list[Speaker]:
         return [self._current(speaker) for speaker in self._speakers.values()]
 
-    def get(self, speaker_id: str, *, needs_voice: bool = True) -> Speaker:
-        """The speaker, ready to speak (or just to chat); 404 if unknown, 503 with the reason if
-        unavailable."""
+    def require(self, speaker_id: str) -> Speaker:
+        """The speaker as its files describe it, able to talk or not; 404 if unknown."""
         speaker = self._speakers.get(speaker_id)
         if speaker is None:
             known = ", ".join(sorted(self._speakers)) or "(none)"
             raise UnknownSpeaker(f"unknown speaker {speaker_id[:64]!r}; known speakers: {known}")
-        speaker = self._current(speaker)
+        return speaker
+
+    def get(self, speaker_id: str, *, needs_voice: bool = True) -> Speaker:
+        """The speaker, ready to speak (or just to chat); 404 if unknown, 503 with the reason if
+        unavailable."""
+        speaker = self._current(self.require(speaker_id))
         if not (speaker.available if needs_voice else speaker.can_chat):
             raise SpeakerUnavailable(f"speaker {speaker_id!r} is unavailable: {speaker.reason}")
         return speaker

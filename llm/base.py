@@ -58,6 +58,9 @@ class LLMBackend(Protocol):
     async def stop(self) -> None:
         """Release what `start` acquired."""
 
+    def describe(self) -> str:
+        """One line for the start-up summary: which model, where."""
+
     def stream_chat(
         self, messages: list[ChatMessage], options: GenerationOptions
     ) -> AsyncIterator[TextPiece]: ...

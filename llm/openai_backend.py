@@ -37,6 +37,9 @@ class OpenAIBackend(UpstreamClient):
         # can be turned off, and is dropped for good after the first 400 that names it.
         self._send_repetition_penalty = send_repetition_penalty
 
+    def describe(self) -> str:
+        return f"openai · {self._model} at {self.url}"
+
     def _request(self, messages: list[ChatMessage], options: GenerationOptions) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self._model,

@@ -24,6 +24,9 @@ class ScriptedLLM:
     async def start(self) -> None:
         pass
 
+    def describe(self) -> str:
+        return "scripted (test replies, no model)"
+
     async def stop(self) -> None:
         pass
 

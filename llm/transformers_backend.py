@@ -21,6 +21,7 @@ from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.batching import ContinuousBatcher
+from llm.embedded import EMBEDDED_PACKAGE
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,12 @@ class TransformersBackend:
                 pass
             await asyncio.to_thread(self._worker.shutdown, wait=True)
         self.load_seconds = time.perf_counter() - started
-        log.info("LLM %s loaded on %s in %.1f s (batch %d)", self.model_source, self.device, self.load_seconds, self.max_batch)
+        log.debug("LLM %s loaded on %s in %.1f s (batch %d)", self.model_source, self.device, self.load_seconds, self.max_batch)
+
+    def describe(self) -> str:
+        name = self.model_source.stem if self.model_source.is_file() else self.model_source.name
+        embedded = " (embedded)" if self.model_source.suffix == ".gguf" and EMBEDDED_PACKAGE in self.model_source.parts else ""
+        return f"transformers · {name}{embedded} on {self.device} · up to {self.max_batch} replies decoding together"
 
     async def stop(self) -> None:
         # Waiting for a generation in progress must not block the event loop during shutdown.
@@ -115,6 +121,10 @@ class TransformersBackend:
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        if not log.isEnabledFor(logging.DEBUG):
+            transformers_logging.disable_progress_bar()  # a start-up is a summary, not progress bars
 
         self.device = resolve_device(self._requested_device)
         dtype = torch.float32

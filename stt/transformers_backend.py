@@ -70,7 +70,7 @@ class TransformersSTTBackend:
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
         self.load_seconds = time.perf_counter() - started
-        log.info("Whisper %s loaded on %s in %.1f s", self.model_dir, self.device, self.load_seconds)
+        log.debug("Whisper %s loaded on %s in %.1f s", self.model_dir, self.device, self.load_seconds)
 
     async def stop(self) -> None:
         """Let a running transcription finish, drop queued ones, and free the model."""

@@ -23,6 +23,10 @@ class VoiceParams(BaseModel):
         """Paths, relative to the models dir, that must exist for this voice to work."""
         return []
 
+    def download_command(self, speaker_id: str) -> str | None:
+        """The command that fetches this voice's missing files, if a script can."""
+        return None
+
 
 class TTSError(EngineError):
     """Synthesis failed; `status` is the HTTP status to report if audio has not started yet."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
+from chat2audio.errors import NoPortrait
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.protocol import HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
+from chat2audio.portraits import find_portrait
+from chat2audio.protocol import ErrorResponse, HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
 
 router = APIRouter()
 protected = protected_router()
@@ -45,17 +47,37 @@ async def stats(service: ServiceDep) -> StatsResponse:
 @protected.get("/speakers", response_model=SpeakersResponse)
 async def list_speakers(service: ServiceDep) -> SpeakersResponse:
     infos = []
+    speakers_dir = service.settings.speakers_dir
     for speaker in service.registry.all():
         engine = service.registry.engines.get(speaker.engine or "")
         rate = engine.sample_rate(speaker.voice) if engine is not None and speaker.voice is not None else None
+        portrait = find_portrait(speakers_dir, speaker.id)
         infos.append(
             SpeakerInfo(
-                id=speaker.id, available=speaker.available, reason=speaker.reason, engine=speaker.engine,
+                id=speaker.id, available=speaker.available, can_chat=speaker.can_chat, reason=speaker.reason,
+                download_command=speaker.download_command, engine=speaker.engine,
                 display_name=speaker.display_name, description=speaker.description,
                 language=speaker.language, sample_rate=rate,
+                portrait_url=f"/speakers/{speaker.id}/portrait" if portrait else None,
             )
         )
     return SpeakersResponse(speakers=infos)
+
+
+@protected.get(
+    "/speakers/{speaker_id}/portrait",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, 404: {"model": ErrorResponse}},
+)
+async def speaker_portrait(speaker_id: str, service: ServiceDep) -> FileResponse:
+    """The character's picture, `speakers/<id>.png|jpg|jpeg|webp`; 404 if it has none."""
+    service.registry.require(speaker_id)
+    portrait = find_portrait(service.settings.speakers_dir, speaker_id)
+    if portrait is None:
+        raise NoPortrait(f"speaker {speaker_id!r} has no portrait (speakers/{speaker_id}.png, .jpg or .webp)")
+    # Served as the image it is and nothing else: no sniffing, no scripts if opened on its own.
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "no-cache"}
+    return FileResponse(portrait.path, media_type=portrait.media_type, headers=headers)
 
 
 router.include_router(protected)

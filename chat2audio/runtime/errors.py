@@ -11,6 +11,9 @@ class EngineError(Exception):
     kind = "engine"  # how the client is told which engine failed: "LLM: ..."
     default_status = 502
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, not_downloaded: bool = False) -> None:
         super().__init__(message)
         self.status = status if status is not None else self.default_status
+        # The engine's model files are simply not there yet (an optional download), which is
+        # the normal state of a fresh install, not a failure worth a warning.
+        self.not_downloaded = not_downloaded

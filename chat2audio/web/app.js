@@ -14,6 +14,9 @@
     lastError: null, // {type, message, status?}
     sessionId: null,
     scheduled: [], // recent sentences' {queuedAt, startAt, duration} on the AudioContext clock
+    highlighted: [], // the last reply's sentences, in the order each was highlighted as it sounded
+    latency: null, // the last reply's {firstAudioMs, firstTextMs, totalMs}, as shown under it
+    selected: null, // the character talked to
   });
 
   const STREAM_FORMAT = 'events';
@@ -24,7 +27,8 @@
 
   const $ = (id) => document.getElementById(id);
   const els = {
-    speaker: $('speaker'),
+    characters: $('characters'),
+    current: $('current'),
     newConversation: $('new-conversation'),
     conversation: $('conversation'),
     status: $('status'),
@@ -42,6 +46,8 @@
   };
 
   const speakers = new Map(); // id -> SpeakerInfo
+  let selected = null; // id of the character talked to
+  let textOnlyWanted = false; // the user's own choice, kept while a voiceless character forces text
   let turn = null; // the exchange in progress: {id, abort}
   let turnCounter = 0;
 
@@ -223,13 +229,25 @@
         debug.scheduled.push({ queuedAt: ctx.currentTime, startAt, duration: buffer.duration });
         if (debug.scheduled.length > 50) debug.scheduled.shift();
         this.nextTime = startAt + buffer.duration;
-        return { startAt };
+        return { startAt, endAt: startAt + buffer.duration };
       });
       this.chain = scheduled.then(() => undefined, () => undefined);
       return scheduled.then((outcome) => {
         if (outcome.stale) return new Promise(() => {}); // stopped: never shown
-        return outcome.error ? outcome : this.whenAudible(outcome.startAt, epoch);
+        return outcome.error ? outcome : this.whenAudible(outcome.startAt, epoch).then((heard) => ({ ...heard, endAt: outcome.endAt }));
       });
+    }
+
+    /** Run `fn` when the context's clock reaches `endAt` (nothing if playback is stopped first). */
+    at(endAt, fn) {
+      const epoch = this.epoch;
+      const check = () => {
+        if (epoch !== this.epoch) return;
+        const wait = endAt - this.ctx.currentTime;
+        if (wait <= 0.005 || this.ctx.state !== 'running') fn();
+        else this.later(check, wait * 1000);
+      };
+      check();
     }
 
     whenAudible(startAt, epoch) {
@@ -460,6 +478,34 @@
     scrollDown();
   }
 
+  /** Mark the sentence as the one sounding now (the one before it as spoken) until `endAt`. */
+  function highlightWhileSounding(view, span, endAt) {
+    for (const before of view.body.querySelectorAll('.sentence.speaking')) {
+      before.classList.replace('speaking', 'spoken');
+    }
+    span.classList.add('speaking');
+    debug.highlighted.push(span.textContent);
+    player.at(endAt, () => span.classList.replace('speaking', 'spoken'));
+  }
+
+  function seconds(ms) {
+    return `${(ms / 1000).toFixed(2)} s`;
+  }
+
+  /** "first audio 0.52 s · whole reply 3.10 s" under the reply: what this user waited for. */
+  function showLatency(view, latency) {
+    const parts = [];
+    if (latency.firstAudioMs !== null) parts.push(`first audio ${seconds(latency.firstAudioMs)}`);
+    else if (latency.firstTextMs !== null) parts.push(`first words ${seconds(latency.firstTextMs)}`);
+    parts.push(`whole reply ${seconds(latency.totalMs)}`);
+    const line = document.createElement('span');
+    line.className = 'latency';
+    line.textContent = parts.join(' · ');
+    line.title = 'Time from sending to the first sentence that arrived, and to the end of the reply';
+    view.bubble.append(line);
+    debug.latency = { firstAudioMs: latency.firstAudioMs, firstTextMs: latency.firstTextMs, totalMs: latency.totalMs };
+  }
+
   function scrollDown() {
     els.conversation.scrollTop = els.conversation.scrollHeight;
   }
@@ -487,7 +533,7 @@
     debug.sessionId = session;
     try {
       const response = await api(`/sessions/${encodeURIComponent(session)}?speaker=${encodeURIComponent(speaker)}`);
-      if (!response.ok || els.speaker.value !== speaker || debug.sessionId !== session) return;
+      if (!response.ok || selected !== speaker || debug.sessionId !== session) return;
       const { turns = [] } = await response.json();
       for (const past of turns) {
         const view = addBubble(past.role, past.role === 'user' ? 'You' : speakerLabel(speaker));
@@ -497,7 +543,7 @@
   }
 
   async function newConversation() {
-    const speaker = els.speaker.value;
+    const speaker = selected;
     stopTurn();
     if (!speaker) return;
     const old = sessionFor(speaker);
@@ -527,9 +573,9 @@
 
   /** Send text or a recording and show (and play) the reply as it streams. */
   async function converse({ text, recording }) {
-    const speaker = els.speaker.value;
+    const speaker = selected;
     if (!speaker) {
-      setStatus('Pick a speaker first.', true);
+      setStatus('Pick a character first.', true);
       return;
     }
     stopTurn();
@@ -552,6 +598,9 @@
     setStatus('');
     setState('waiting');
     debug.requests += 1;
+    debug.highlighted = [];
+    const latency = { sentAt: performance.now(), firstTextMs: null, firstAudioMs: null, totalMs: null };
+    debug.latency = null;
 
     const format = textOnly ? 'text' : STREAM_FORMAT;
     let body;
@@ -596,24 +645,31 @@
           debug.sentencesReceived += 1;
           const hasAudio = !textOnly && typeof event.audio_wav_base64 === 'string' && event.audio_wav_base64.length > 0;
           const title = event.speech_text ? `spoken as: ${event.speech_text}` : '';
+          const elapsed = performance.now() - latency.sentAt;
+          if (latency.firstTextMs === null) latency.firstTextMs = elapsed;
           if (hasAudio) {
             debug.audioReceived += 1;
             spoken += 1;
+            if (latency.firstAudioMs === null) latency.firstAudioMs = elapsed;
           }
           const wait = hasAudio ? player.enqueue(base64Bytes(event.audio_wav_base64)) : null;
           later(wait, (outcome) => {
-            if (hasAudio && !outcome.blocked && !outcome.error) debug.sentencesStarted += 1;
+            const sounding = hasAudio && !outcome.blocked && !outcome.error;
+            if (sounding) debug.sentencesStarted += 1;
             if (outcome.blocked) setStatus('The browser blocked audio: click the page, then send again.', true);
             if (outcome.error) recordError({ type: 'audio_decode', message: String(outcome.error) });
-            addSentence(reply, event.text, title);
+            const span = addSentence(reply, event.text, title);
+            if (sounding) highlightWhileSounding(reply, span, outcome.endAt);
             shown += 1;
           });
         } else if (event.type === 'done') {
           finished = true;
+          latency.totalMs = performance.now() - latency.sentAt;
           later(null, () => {
             if (!shown && event.text) addSentence(reply, event.text);
             if (event.finish_reason === 'length') reply.bubble.title = 'The reply was cut at its length limit.';
             reply.bubble.classList.remove('pending');
+            showLatency(reply, latency);
           });
         } else if (event.type === 'error') {
           finished = true;
@@ -658,44 +714,166 @@
 
   // -- wiring --------------------------------------------------------------------------------
 
+  // -- the character picker ------------------------------------------------------------------
+
+  const LANGUAGES = { zh: 'Chinese', en: 'English', ja: 'Japanese', ko: 'Korean', yue: 'Cantonese', auto: 'any language' };
+  let portraitUrls = []; // object URLs of the portraits shown, released when the list is redrawn
+
+  /** available: speaks; voiceless: its voice cannot load, it answers in text; broken: its file is. */
+  function characterState(info) {
+    if (!info) return 'available'; // not listed (removed meanwhile): the server will say
+    if (info.available) return 'available';
+    return info.can_chat ? 'voiceless' : 'broken';
+  }
+
+  function characterName(info) {
+    return info.display_name || info.id;
+  }
+
+  function initials(info) {
+    const name = characterName(info).trim();
+    const words = name.split(/\s+/).filter(Boolean);
+    const letters = words.length > 1 ? words[0][0] + words[1][0] : [...name].slice(0, /^[\x00-\x7f]/.test(name) ? 2 : 1).join('');
+    return letters.toUpperCase();
+  }
+
+  function hue(id) {
+    let h = 0;
+    for (const c of id) h = (h * 31 + c.codePointAt(0)) % 360;
+    return String(h);
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function characterCard(info) {
+    const state = characterState(info);
+    const card = element('button', `character ${state}`);
+    card.type = 'button';
+    card.dataset.speakerId = info.id;
+    card.dataset.state = state;
+    card.setAttribute('role', 'radio');
+    card.setAttribute('aria-checked', 'false');
+    if (state === 'broken') card.setAttribute('aria-disabled', 'true');
+    card.tabIndex = -1;
+
+    const portrait = element('span', 'portrait', initials(info));
+    portrait.setAttribute('aria-hidden', 'true');
+    portrait.style.setProperty('--hue', hue(info.id));
+    if (info.portrait_url) loadPortrait(portrait, info.portrait_url);
+
+    const about = element('span', 'about');
+    const heading = element('span', 'heading');
+    heading.append(element('span', 'name', characterName(info)));
+    if (info.language) heading.append(element('span', 'language', LANGUAGES[info.language] || info.language));
+    about.append(heading);
+    if (info.description) about.append(element('span', 'description', info.description));
+    if (state !== 'available') {
+      const why = state === 'voiceless' ? 'Cannot speak (text only)' : 'Cannot talk';
+      about.append(element('span', 'reason', `${why}: ${info.reason || 'unavailable'}`));
+      if (info.download_command) {
+        const fix = element('span', 'fix', 'To give it its voice, run ');
+        fix.append(element('code', '', info.download_command));
+        about.append(fix);
+      }
+    }
+    card.title = [characterName(info), info.description, info.reason].filter(Boolean).join('\n');
+    card.append(portrait, about);
+    return card;
+  }
+
+  /** Fetched, not linked, so that the API key goes with it. The initials stay if it fails. */
+  async function loadPortrait(holder, url) {
+    try {
+      const response = await api(url);
+      if (!response.ok) return;
+      const source = URL.createObjectURL(await response.blob());
+      portraitUrls.push(source);
+      const image = new Image();
+      image.alt = '';
+      image.src = source;
+      await image.decode();
+      holder.replaceChildren(image);
+      holder.classList.add('has-image');
+    } catch { /* not an image the browser can show: keep the initials */ }
+  }
+
+  function cards() {
+    return [...els.characters.querySelectorAll('.character')];
+  }
+
+  /** Talk to `id` from now on: its history, its voice (or text only if it has none). */
+  function selectCharacter(id, { focus = false } = {}) {
+    const info = speakers.get(id);
+    const state = characterState(info);
+    const card = cards().find((node) => node.dataset.speakerId === id);
+    if (state === 'broken') {
+      setStatus(`${characterName(info)} cannot talk: ${info.reason}`, true);
+      if (card && focus) card.focus();
+      return;
+    }
+    const changed = selected !== id;
+    for (const node of cards()) {
+      const mine = node === card;
+      node.setAttribute('aria-checked', String(mine));
+      node.tabIndex = mine ? 0 : -1;
+    }
+    if (card && focus) card.focus();
+    selected = debug.selected = id;
+    store.set('chat2audio.speaker', id);
+    const voiceless = state === 'voiceless';
+    els.textOnly.checked = voiceless || textOnlyWanted;
+    els.textOnly.disabled = voiceless;
+    const name = info ? characterName(info) : id;
+    els.current.textContent = voiceless ? `${name} · text only` : name;
+    if (!changed) return;
+    stopTurn();
+    els.conversation.replaceChildren();
+    setStatus(voiceless ? `${name} cannot speak on this server, so its replies come as text. Why: ${info.reason}` : '');
+    showHistory(id);
+  }
+
+  function renderCharacters(list) {
+    for (const url of portraitUrls) URL.revokeObjectURL(url);
+    portraitUrls = [];
+    speakers.clear();
+    els.characters.replaceChildren();
+    for (const info of list) {
+      speakers.set(info.id, info);
+      els.characters.append(characterCard(info));
+    }
+  }
+
   async function loadSpeakers() {
     setState('loading');
     try {
       const response = await api('/speakers');
       if (!response.ok) throw await errorFrom(response);
       const { speakers: list } = await response.json();
-      els.speaker.replaceChildren();
-      for (const info of list) {
-        speakers.set(info.id, info);
-        const option = document.createElement('option');
-        option.value = info.id;
-        option.textContent = info.display_name && info.display_name !== info.id ? `${info.display_name} (${info.id})` : info.id;
-        if (!info.available) {
-          option.disabled = true;
-          option.textContent += ' — unavailable';
-          option.title = info.reason || 'unavailable';
-        } else if (info.description) {
-          option.title = info.description;
-        }
-        els.speaker.append(option);
-      }
+      selected = null;
+      renderCharacters(list);
       const saved = store.get('chat2audio.speaker');
-      const usable = list.filter((info) => info.available).map((info) => info.id);
-      const choice = usable.includes(saved) ? saved : usable[0];
+      const talking = list.filter((info) => characterState(info) !== 'broken').map((info) => info.id);
+      const speaking = list.filter((info) => info.available).map((info) => info.id);
+      const choice = talking.includes(saved) ? saved : speaking[0] || talking[0];
       if (choice) {
-        els.speaker.value = choice;
-        els.speaker.disabled = false;
-        els.conversation.replaceChildren();
-        await showHistory(choice);
-        setStatus('');
+        selectCharacter(choice);
+        if (!speaking.length) setStatus('No character can speak on this server yet: each card says why.', true);
       } else {
-        setStatus(list.length ? 'No speaker is available: hover over one to see why.' : 'The server has no speakers.', true);
-        els.speaker.disabled = !list.length;
+        const first = cards()[0];
+        if (first) first.tabIndex = 0;
+        els.current.textContent = '';
+        setStatus(list.length ? 'No character can talk: each card says why.' : 'The server has no characters.', true);
       }
       setState('idle');
     } catch (error) {
       const shown = recordError(error);
-      setStatus(`Could not load the speakers: ${shown.message}`, true);
+      els.characters.replaceChildren(element('p', 'loading', 'could not load the characters'));
+      setStatus(`Could not load the characters: ${shown.message}`, true);
       setState('idle');
       if (error.status === 401) els.apiKey.closest('details').open = true;
     }
@@ -756,12 +934,30 @@
   els.mic.addEventListener('click', () => toggleRecording());
   els.newConversation.addEventListener('click', () => newConversation());
 
-  els.speaker.addEventListener('change', () => {
-    stopTurn();
-    store.set('chat2audio.speaker', els.speaker.value);
-    els.conversation.replaceChildren();
-    setStatus('');
-    showHistory(els.speaker.value);
+  els.characters.addEventListener('click', (event) => {
+    const card = event.target.closest('.character');
+    if (card) selectCharacter(card.dataset.speakerId);
+  });
+
+  // One tab stop for the whole list; arrows move between characters, as in any radio group.
+  els.characters.addEventListener('keydown', (event) => {
+    const all = cards();
+    const at = all.indexOf(document.activeElement);
+    if (at < 0) return;
+    const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1 }[event.key];
+    let next = null;
+    if (step) next = all[(at + step + all.length) % all.length];
+    else if (event.key === 'Home') next = all[0];
+    else if (event.key === 'End') next = all.at(-1);
+    if (!next) return;
+    event.preventDefault();
+    for (const node of all) node.tabIndex = node === next ? 0 : -1;
+    next.focus();
+    if (characterState(speakers.get(next.dataset.speakerId)) !== 'broken') selectCharacter(next.dataset.speakerId);
+  });
+
+  els.textOnly.addEventListener('change', () => {
+    if (!els.textOnly.disabled) textOnlyWanted = els.textOnly.checked;
   });
 
   els.apiKey.value = store.get('chat2audio.apiKey') || '';

@@ -1,10 +1,13 @@
 """The web page at `GET /`, end to end: the real server on the scripted backends (plus a tiny
-random-weight Whisper for voice input), driven in headless Chromium by tests/e2e/web/drive.mjs
-(Playwright). Install the browser and the driver with scripts/install_browser.sh."""
+random-weight Whisper for voice input, and a GPT-SoVITS character whose voice is not downloaded),
+driven in headless Chromium by tests/e2e/web/drive.mjs (Playwright), at 1280×800 and 390×844.
+Install the browser and the driver with scripts/install_browser.sh. Screenshots of each state
+are written to test-output/web/ for a person to look at."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,13 +16,17 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import scripted_env
-from tests.server import running_server
+from tests.fixtures.images import write_png
+from tests.server import PROJECT_ROOT, running_server
 
 WEB_DIR = Path(__file__).parent / "web"
+SCREENSHOTS = PROJECT_ROOT / "test-output" / "web"
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_HINT = "run scripts/install_browser.sh"
 
 SPEAKER = "Low"
+VOICELESS = "Distant"  # a GPT-SoVITS character whose files are not in the models dir
+PORTRAIT_PX = 64
 MESSAGE = "The first sentence is here. Then comes the second one! And is this the third?"
 SENTENCES = ["The first sentence is here.", "Then comes the second one!", "And is this the third?"]
 TEXT_MESSAGE = "Only words this time. Nothing to hear."
@@ -50,10 +57,24 @@ def seen(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("web")
     # A voice upload is bigger than any JSON body; faster tokens keep the run short.
     env = scripted_env(root, max_body_bytes=str(2**20), scripted_token_delay_s="0.02") | voice_input_env(root)
+    speakers = Path(env["CHAT2AUDIO_SPEAKERS_DIR"])
+    write_png(speakers / f"{SPEAKER}.png", PORTRAIT_PX, PORTRAIT_PX, (200, 90, 60))
+    (speakers / f"{SPEAKER}.toml").write_text(
+        'engine = "scripted"\ndisplay_name = "Low Tone"\nlanguage = "en"\n'
+        'description = "Hums at 220 Hz."\n[voice]\nfrequency_hz = 220\n'
+    )
+    (speakers / f"{VOICELESS}.toml").write_text(
+        'engine = "gpt-sovits"\nlanguage = "zh"\n[voice]\ngpt_model = "GPT_weights_v2/Distant.ckpt"\n'
+        'sovits_model = "SoVITS_weights_v2/Distant.pth"\nref_audio = "ref_audios/Distant.wav"\nref_text = "你好。"\n'
+    )
+    (Path(env["CHAT2AUDIO_PROMPTS_DIR"]) / f"{VOICELESS}.md").write_text(f"You are {VOICELESS}.")
+    env["CHAT2AUDIO_MODELS_DIR"] = str(root / "models")  # empty: nothing downloaded
+    if SCREENSHOTS.exists():
+        shutil.rmtree(SCREENSHOTS)
     options = {
         "speaker": SPEAKER, "message": MESSAGE, "textMessage": TEXT_MESSAGE, "unknownSpeaker": "Nobody",
         "failingSpeaker": "Fragile", "failingMessage": "This first part is fine. But this one carries POISON inside.",
-        "recordSeconds": RECORD_SECONDS,
+        "recordSeconds": RECORD_SECONDS, "voicelessSpeaker": VOICELESS, "screenshots": str(SCREENSHOTS),
     }
     with running_server("app_stream", env, root / "server.log") as server:
         page = httpx.get(f"{server.base_url}/", timeout=10)
@@ -77,17 +98,78 @@ def scenario(seen: dict, name: str) -> dict:
     return result
 
 
-def test_page_lists_the_speakers(seen):
+def test_page_shows_each_character_with_its_state(seen):
     load = scenario(seen, "load")
     assert load["title"] == "chat2audio"
-    speakers = {option["id"]: option for option in load["speakers"]}
-    assert set(speakers) == {"Low", "High", "Fragile", "Broken"}
-    assert not any(speakers[name]["disabled"] for name in ("Low", "High", "Fragile"))
-    # An unavailable speaker is listed but cannot be picked, and says why when hovered.
-    assert speakers["Broken"]["disabled"]
-    assert "frequency_hz" in speakers["Broken"]["title"]
-    assert load["selected"] in ("Low", "High", "Fragile")
+    cards = {card["id"]: card for card in load["characters"]}
+    assert set(cards) == {"Low", "High", "Fragile", "Broken", VOICELESS}
+    assert {name: cards[name]["state"] for name in cards} == {
+        "Low": "available", "High": "available", "Fragile": "available", "Broken": "voiceless", VOICELESS: "voiceless",
+    }
+    low = cards[SPEAKER]
+    assert (low["name"], low["description"]) == ("Low Tone", "Hums at 220 Hz.")
+    assert low["portraitWidth"] == PORTRAIT_PX, "the portrait speakers/Low.png should be shown"
+    assert cards["High"]["portraitWidth"] == 0 and cards["High"]["initials"] == "HI"
+    # A character that cannot speak says why, and what to run if files are missing.
+    assert "missing GPT_weights_v2/Distant.ckpt" in cards[VOICELESS]["reason"]
+    assert cards[VOICELESS]["fix"] == f"python scripts/download_models.py --voices {VOICELESS}"
+    assert "frequency_hz" in cards["Broken"]["reason"] and cards["Broken"]["fix"] == ""
+    assert [card["id"] for card in load["characters"] if card["checked"]] == ["Fragile"]  # the first that speaks
+    assert [card["id"] for card in load["characters"] if card["tabIndex"] == 0] == ["Fragile"]  # one tab stop
+    assert load["current"] == "Fragile"
     assert load["debug"]["lastError"] is None
+    assert Path(load["screenshot"]).stat().st_size > 10_000
+
+
+def test_the_sounding_sentence_is_highlighted_and_the_latency_shown(seen):
+    speak = scenario(seen, "speak")
+    assert speak["debug"]["highlighted"] == SENTENCES
+    # While the second sentence sounds, it is highlighted and the first is marked as said.
+    playing = speak["whilePlaying"]["classes"]
+    assert "speaking" in playing[1] and "spoken" in playing[0] and "speaking" not in playing[0]
+    assert all("spoken" in classes and "speaking" not in classes for classes in speak["afterPlaying"]["classes"])
+    [line] = speak["afterPlaying"]["latency"]
+    match = re.fullmatch(r"first audio (\d+\.\d\d) s · whole reply (\d+\.\d\d) s", line)
+    assert match, line
+    latency = speak["debug"]["latency"]
+    assert float(match[1]) == pytest.approx(latency["firstAudioMs"] / 1000, abs=0.006)
+    assert 0 < latency["firstAudioMs"] < latency["totalMs"] < DRIVE_TIMEOUT_S * 1000
+    for path in (speak["whilePlaying"]["screenshot"], speak["screenshot"]):
+        assert Path(path).stat().st_size > 10_000
+
+
+def test_characters_are_picked_with_the_keyboard(seen):
+    keyboard = scenario(seen, "keyboard")
+    assert keyboard["start"] == SPEAKER
+    assert keyboard["moved"]["selected"] != SPEAKER
+    assert keyboard["moved"]["focused"] == keyboard["moved"]["selected"]
+    assert keyboard["back"] == SPEAKER and keyboard["tabStops"] == [SPEAKER]
+
+
+def test_a_character_without_its_voice_answers_in_text(seen):
+    voiceless = scenario(seen, "voiceless")
+    assert voiceless["textOnly"] == {"checked": True, "disabled": True}
+    assert json.loads(voiceless["request"]["json"])["speaker"] == VOICELESS
+    assert json.loads(voiceless["request"]["json"])["format"] == "text"
+    assert voiceless["reply"]["sentences"] and voiceless["reply"]["errors"] == []
+    assert voiceless["debug"]["audioReceived"] == voiceless["before"]["audioReceived"]
+    assert "missing GPT_weights_v2/Distant.ckpt" in voiceless["statusOnPick"]["text"]
+    # Back with a character that speaks, text only is the user's own choice again.
+    assert voiceless["restored"] == {"checked": False, "disabled": False}
+    assert voiceless["current"] == "Low Tone"
+
+
+def test_phone_layout_keeps_characters_chat_and_composer_on_screen(seen):
+    phone = scenario(seen, "phone")
+    layout = phone["layout"]
+    assert layout["scrollWidth"] <= 390, "the page should not scroll sideways on a phone"
+    tops = {round(card["box"]["y"]) for card in layout["characters"]}
+    assert len(tops) == 1, "on a phone the characters form one row"
+    assert layout["composer"]["y"] + layout["composer"]["height"] <= 844
+    assert layout["conversation"]["height"] > 300
+    assert phone["reply"]["sentences"] == SENTENCES and phone["reply"]["errors"] == []
+    for path in phone["screenshots"]:
+        assert Path(path).stat().st_size > 5_000
 
 
 def test_reply_sentences_show_in_order_as_their_audio_starts(seen):

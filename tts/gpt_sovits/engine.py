@@ -89,8 +89,8 @@ class GPTSoVITSEngine:
     async def start(self) -> None:
         problems = base_model_problems(self.models_dir, ("zh",), use_bert=self.use_bert)
         if problems:
-            log.error("GPT-SoVITS models dir %s is incomplete: %s", self.models_dir, "; ".join(problems))
-            raise TTSError(f"GPT-SoVITS base models missing: {'; '.join(problems)}", status=503)
+            log.debug("GPT-SoVITS models dir %s is incomplete: %s", self.models_dir, "; ".join(problems))
+            raise TTSError(f"GPT-SoVITS base models missing: {'; '.join(problems)}", status=503, not_downloaded=True)
         await self._run(self._load_runtime)
 
     async def stop(self) -> None:
@@ -203,7 +203,7 @@ class GPTSoVITSEngine:
         # per sentence with the GIL held, stalling every stream. Memory is freed when models unload.
         tts._empty_cache = _keep_cached_memory
         self._tts = self.cache.tts = tts
-        log.info("GPT-SoVITS ready on %s (%s): %s", self.device, dtype, self.stats.loaded)
+        log.debug("GPT-SoVITS ready on %s (%s): %s", self.device, dtype, self.stats.loaded)
 
     def _release(self) -> None:
         self.cache.clear()

@@ -53,6 +53,9 @@ class GPTSoVITSVoice(VoiceParams):
     def model_files(self) -> list[str]:
         return [self.gpt_model, self.sovits_model, self.ref_audio]
 
+    def download_command(self, speaker_id: str) -> str | None:
+        return f"python scripts/download_models.py --voices {speaker_id}"
+
 
 VOICE_MODEL = GPTSoVITSVoice
 
@@ -64,11 +67,8 @@ def voice_files(voice: GPTSoVITSVoice, models_dir: Path) -> dict[str, Path]:
 
 def voice_file_problems(voice: GPTSoVITSVoice, models_dir: Path) -> list[str]:
     """What keeps the voice's own files from being loaded, before anything reads them."""
-    problems = [
-        f"missing {relative} in the models dir"
-        for relative in voice.model_files()
-        if not (models_dir / relative).exists()
-    ]
+    missing = [relative for relative in voice.model_files() if not (models_dir / relative).exists()]
+    problems = [f"missing {', '.join(missing)} in the models dir"] if missing else []
     if not voice.ref_text.strip():
         problems.append("ref_text is empty: write what ref_audio says")
     return problems

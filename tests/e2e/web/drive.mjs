@@ -1,7 +1,10 @@
 // Drives the chat2audio web page in headless Chromium and prints one JSON object of what it saw.
-// Usage: node drive.mjs BASE_URL '{"speaker": "Low", "message": "...", ...}'
+// Usage: node drive.mjs BASE_URL '{"speaker": "Low", "message": "...", "screenshots": "DIR", ...}'
 // Each scenario records {ok: true, ...observations} or {ok: false, error}, so that one failing
-// part does not hide the others; tests/e2e/test_web_page.py makes the assertions.
+// part does not hide the others; tests/e2e/test_web_page.py makes the assertions. Screenshots of
+// each state land in options.screenshots, for a person to look at.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const [base, optionsJson = '{}'] = process.argv.slice(2);
@@ -17,9 +20,14 @@ const options = {
   failingSpeaker: 'Fragile', // its TTS fails on a sentence holding failingWord
   failingMessage: 'This first part is fine. But this one carries POISON inside.',
   recordSeconds: 1.2,
+  voicelessSpeaker: 'Distant', // its voice files are not downloaded: text only
   timeoutMs: 20000,
+  screenshots: 'screenshots',
   ...JSON.parse(optionsJson),
 };
+mkdirSync(options.screenshots, { recursive: true });
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
 
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
@@ -103,7 +111,44 @@ const page_ = {
     errors: [...node.querySelectorAll('.error')].map((e) => e.textContent),
   }))),
   status: (page) => page.$eval('#status', (node) => ({ text: node.textContent, error: node.classList.contains('error') })),
+  characters: (page) => page.$$eval('#characters .character', (nodes) => nodes.map((node) => {
+    const box = node.getBoundingClientRect();
+    const image = node.querySelector('.portrait img');
+    return {
+      id: node.dataset.speakerId,
+      state: node.dataset.state,
+      checked: node.getAttribute('aria-checked') === 'true',
+      tabIndex: node.tabIndex,
+      name: (node.querySelector('.name') || {}).textContent || '',
+      description: (node.querySelector('.description') || {}).textContent || '',
+      reason: (node.querySelector('.reason') || {}).textContent || '',
+      fix: (node.querySelector('.fix code') || {}).textContent || '',
+      portraitWidth: image ? image.naturalWidth : 0,
+      initials: image ? '' : node.querySelector('.portrait').textContent,
+      box: { x: box.x, y: box.y, width: box.width, height: box.height },
+    };
+  })),
+  sentenceClasses: (page) => page.$$eval('#conversation .bubble.assistant', (nodes) => {
+    const last = nodes.at(-1);
+    return last ? [...last.querySelectorAll('.sentence')].map((s) => s.className) : [];
+  }),
+  latency: (page) => page.$$eval('#conversation .bubble.assistant .latency', (nodes) => nodes.map((n) => n.textContent)),
+  box: (page, selector) => page.$eval(selector, (node) => {
+    const box = node.getBoundingClientRect();
+    return { x: box.x, y: box.y, width: box.width, height: box.height };
+  }),
 };
+
+async function screenshot(page, name) {
+  const path = join(options.screenshots, `${name}.png`);
+  await page.screenshot({ path });
+  return path;
+}
+
+async function pick(page, id) {
+  await page.click(`#characters .character[data-speaker-id="${id}"]`);
+  await page.waitForFunction((want) => window.chat2audioDebug.selected === want, id, { timeout: options.timeoutMs });
+}
 
 async function waitIdleAfter(page, requests) {
   await page.waitForFunction(
@@ -148,7 +193,7 @@ async function scenario(results, name, fn) {
 const results = { console: [] };
 const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
 try {
-  const context = await browser.newContext();
+  const context = await browser.newContext({ viewport: DESKTOP });
   await context.addInitScript(instrument);
   const page = await context.newPage();
   page.on('console', (message) => {
@@ -160,17 +205,57 @@ try {
     const response = await page.goto(`${base}/`);
     if (!response || !response.ok()) throw new Error(`GET / answered ${response && response.status()}`);
     await page.waitForFunction(() => window.chat2audioDebug && window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
-    const speakers = await page.$$eval('#speaker option', (nodes) => nodes.map((o) => ({
-      id: o.value, label: o.textContent, disabled: o.disabled, title: o.title,
-    })));
-    return { speakers, selected: await page.inputValue('#speaker'), title: await page.title(), debug: await page_.debug(page) };
+    // Portraits are fetched after the list is drawn.
+    await page.waitForFunction(() => document.querySelector('.portrait.has-image'), null, { timeout: options.timeoutMs }).catch(() => {});
+    return {
+      characters: await page_.characters(page),
+      current: await page.textContent('#current'),
+      title: await page.title(),
+      debug: await page_.debug(page),
+      screenshot: await screenshot(page, 'desktop-characters'),
+    };
   });
 
   await scenario(results, 'speak', async () => {
-    await page.selectOption('#speaker', options.speaker);
+    await pick(page, options.speaker);
     const before = await page_.debug(page);
-    await send(page, options.message);
-    return { before, ...(await snapshot(page)), revealed: await page_.revealed(page) };
+    const { requests } = before;
+    await page.fill('#input', options.message);
+    await page.click('#send');
+    // Mid-reply: the second sentence sounding, highlighted.
+    await page.waitForFunction(() => window.chat2audioDebug.highlighted.length >= 2, null, { timeout: options.timeoutMs, polling: 20 });
+    const whilePlaying = { classes: await page_.sentenceClasses(page), screenshot: await screenshot(page, 'desktop-reply-playing') };
+    await waitIdleAfter(page, requests + 1);
+    return {
+      before, ...(await snapshot(page)), revealed: await page_.revealed(page), whilePlaying,
+      afterPlaying: { classes: await page_.sentenceClasses(page), latency: await page_.latency(page) },
+      screenshot: await screenshot(page, 'desktop-reply-done'),
+    };
+  });
+
+  await scenario(results, 'keyboard', async () => {
+    await page.focus(`#characters .character[aria-checked="true"]`);
+    const start = (await page_.debug(page)).selected;
+    await page.keyboard.press('ArrowDown');
+    await page.waitForFunction((was) => window.chat2audioDebug.selected !== was, start, { timeout: options.timeoutMs });
+    const moved = { selected: (await page_.debug(page)).selected, focused: await page.evaluate(() => document.activeElement.dataset.speakerId) };
+    await page.keyboard.press('ArrowUp');
+    await page.waitForFunction((was) => window.chat2audioDebug.selected === was, start, { timeout: options.timeoutMs });
+    const tabStops = (await page_.characters(page)).filter((c) => c.tabIndex === 0).map((c) => c.id);
+    return { start, moved, back: (await page_.debug(page)).selected, tabStops };
+  });
+
+  await scenario(results, 'voiceless', async () => {
+    await pick(page, options.voicelessSpeaker);
+    const textOnly = await page.$eval('#text-only', (node) => ({ checked: node.checked, disabled: node.disabled }));
+    const statusOnPick = await page_.status(page);
+    const shot = await screenshot(page, 'desktop-unavailable-character');
+    const before = await page_.debug(page);
+    await send(page, options.textMessage);
+    const after = await snapshot(page);
+    await pick(page, options.speaker);
+    const restored = await page.$eval('#text-only', (node) => ({ checked: node.checked, disabled: node.disabled }));
+    return { textOnly, statusOnPick, before, ...after, restored, current: await page.textContent('#current'), screenshot: shot };
   });
 
   await scenario(results, 'textOnly', async () => {
@@ -189,7 +274,9 @@ try {
     const sessionId = await page.evaluate((k) => localStorage.getItem(k), key);
     const sentIds = (await page_.sent(page))
       .filter((r) => r.url.endsWith('/chat2audio') && r.json)
-      .map((r) => JSON.parse(r.json).session_id);
+      .map((r) => JSON.parse(r.json))
+      .filter((body) => body.speaker === options.speaker)
+      .map((body) => body.session_id);
     // A reload shows the conversation again, from the server's memory of the session.
     await page.reload();
     await page.waitForFunction(() => window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
@@ -239,7 +326,7 @@ try {
   });
 
   await scenario(results, 'midStreamError', async () => {
-    await page.selectOption('#speaker', options.failingSpeaker);
+    await pick(page, options.failingSpeaker);
     const before = await page_.debug(page);
     await send(page, options.failingMessage);
     return { before, ...(await snapshot(page)) };
@@ -248,14 +335,43 @@ try {
   await scenario(results, 'unknownSpeaker', async () => {
     // The picker lists only known speakers: add a stale one, as if it had been removed meanwhile.
     await page.evaluate((id) => {
-      const option = document.createElement('option');
-      option.value = id;
-      option.textContent = id;
-      document.querySelector('#speaker').append(option);
+      const card = document.createElement('button');
+      card.type = 'button';
+      card.className = 'character available';
+      card.dataset.speakerId = id;
+      card.textContent = id;
+      document.querySelector('#characters').append(card);
     }, options.unknownSpeaker);
-    await page.selectOption('#speaker', options.unknownSpeaker);
+    await pick(page, options.unknownSpeaker);
     await send(page, 'Is anybody there?');
     return await snapshot(page);
+  });
+
+  await scenario(results, 'phone', async () => {
+    const phone = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
+    await phone.addInitScript(instrument);
+    const small = await phone.newPage();
+    small.on('pageerror', (error) => results.console.push(`pageerror: ${error.message}`));
+    try {
+      await small.goto(`${base}/`);
+      await small.waitForFunction(() => window.chat2audioDebug && window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
+      await small.waitForFunction(() => document.querySelector('.portrait.has-image'), null, { timeout: options.timeoutMs }).catch(() => {});
+      const layout = {
+        characters: await page_.characters(small),
+        composer: await page_.box(small, '#composer'),
+        conversation: await page_.box(small, '#conversation'),
+        scrollWidth: await small.evaluate(() => document.documentElement.scrollWidth),
+      };
+      const empty = await screenshot(small, 'phone-characters');
+      await small.tap(`#characters .character[data-speaker-id="${options.speaker}"]`);
+      const { requests } = await page_.debug(small);
+      await small.fill('#input', options.message);
+      await small.tap('#send');
+      await waitIdleAfter(small, requests + 1);
+      return { layout, ...(await snapshot(small)), screenshots: [empty, await screenshot(small, 'phone-reply')] };
+    } finally {
+      await phone.close();
+    }
   });
 } finally {
   await browser.close();

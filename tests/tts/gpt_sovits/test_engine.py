@@ -47,8 +47,7 @@ def test_check_voice_names_missing_files_and_base_models(tiny_gsv_models_dir, tm
     empty = tmp_path / "empty"
     empty.mkdir()
     problems = engine.check_voice(tiny_voice(), empty)
-    for relative in tiny_voice().model_files():
-        assert f"missing {relative} in the models dir" in problems
+    assert f"missing {', '.join(tiny_voice().model_files())} in the models dir" in problems
     base = problems[-1]
     for name in ("chinese-hubert-base/", "chinese-roberta-wwm-ext-large/", "sv/", "g2p/zh/opencpop-strict.txt"):
         assert name in base
