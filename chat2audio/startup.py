@@ -94,8 +94,8 @@ def startup_summary(
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{settings.port}"
     speaking = [s for s in speakers if s.available]
-    voiceless = [s for s in speakers if s.can_chat and not s.available]
-    broken = [s for s in speakers if not s.can_chat]
+    broken = [s for s in speakers if not s.can_chat or s.voice is None]  # a file that does not parse
+    voiceless = [s for s in speakers if not s.available and s not in broken]
     if llm is None:
         head = f"chat2audio is NOT ready after {seconds:.1f} s: {llm_error} (/ready answers 503)"
     else:

@@ -4,6 +4,11 @@ newcomer gets from a fresh clone with no downloads."""
 from __future__ import annotations
 
 import io
+import os
+import queue
+import subprocess
+import sys
+import threading
 import time
 from urllib.parse import unquote
 
@@ -12,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.server import running_server
+from tests.server import PROJECT_ROOT, free_port, running_server
 
 pytestmark = pytest.mark.embedded
 REQUEST = {"input": "Hello, who are you?", "speaker": "Aria", "temperature": 0}
@@ -54,3 +59,43 @@ def test_stream_app_sends_audio_in_chunks_as_sentences_are_ready(embedded_env, t
         assert_audible_speech(audio, rate)
         assert len(arrivals) >= 2, "a multi-sentence reply should arrive in several chunks"
         assert arrivals[-1] - arrivals[0] > 0.1, "chunks should arrive at different times"
+
+
+def test_a_fresh_start_is_quiet_and_sums_up_what_runs(tmp_path):
+    """`python app_stream.py` as a newcomer runs it: nothing downloaded (an empty models dir). It
+    prints no ERROR or WARNING, and at most 15 lines up to its summary."""
+    port = free_port()
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT),
+        "CHAT2AUDIO_PORT": str(port), "CHAT2AUDIO_MODELS_DIR": str(tmp_path / "models"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "app_stream.py"], cwd=PROJECT_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read_output() -> None:  # a thread, so that waiting for a line can time out
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_output, daemon=True).start()
+    printed: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(line.lstrip().startswith("page ") for line in printed):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "the service exited:\n" + "".join(printed)
+            printed.append(line)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    output = "".join(printed)
+    assert not [line for line in printed if "ERROR" in line or "WARNING" in line or "Traceback" in line], output
+    assert len(printed) <= 15, output
+    assert "chat2audio ready in" in output
+    assert "can speak: Aria, Orion" in output
+    assert "gpt-sovits: not started: its models are not downloaded" in output
+    assert "python scripts/download_models.py" in output
+    assert f"http://127.0.0.1:{port}/docs" in output
