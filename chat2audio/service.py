@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Union
 
 from chat2audio.admission import AdmissionControl
-from chat2audio.context import estimate_tokens
+from chat2audio.context import estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
 from chat2audio.pipeline import AudioChunk, ReplyFinished, join_sentences, speak_reply
@@ -26,6 +26,7 @@ from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
+from llm.verbatim import VerbatimText
 from stt.base import STTBackend
 from tts.base import TTSEngine, hold_voice
 
@@ -153,6 +154,61 @@ class ChatService:
                 async for item in items:
                     yield item
 
+    async def reply_to_messages(
+        self, request: ChatOptions, messages: list[ChatMessage], *, request_id: str = "-", stream_first_sentence: bool = True
+    ) -> AsyncIterator[ReplyEvent]:
+        """A reply to a conversation the client keeps itself (OpenAI's chat completions are
+        stateless): the speaker's role prompt leads, then the client's own system messages, then
+        as much of its history as fits the context, then its last message, which must be the user's."""
+        if not messages or messages[-1].role != "user":
+            raise InvalidInput("messages must end with the user's message")
+        turn = self._resolve(request, messages[-1].content, None, request_id)
+        async with AsyncExitStack() as holding:
+            await holding.enter_async_context(self.admission.ticket())
+            await holding.enter_async_context(self.admission.running())
+            assert self.llm is not None
+            own_system = [m for m in messages[:-1] if m.role == "system"]
+            history = [m for m in messages[:-1] if m.role != "system"]
+            speaker_prompt = [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
+            context = self.settings.llm_context_tokens or getattr(self.llm, "context_tokens", None)
+            prompt = fit_history(
+                speaker_prompt + own_system, history, messages[-1],
+                budget=None if context is None else context - turn.options.max_new_tokens,
+                count_tokens=getattr(self.llm, "count_tokens", None) or estimate_tokens,
+            )
+            if turn.engine is not None and turn.speaker.voice is not None:
+                await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
+            yield ReplyStarted(request_id, turn.speaker.id, turn.sample_rate, None, None)
+            async with aclosing(self._speak(turn, prompt, stream_first_sentence)) as items:
+                async for item in items:
+                    yield item
+
+    async def speak_text(
+        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
+        but the same admission, sentence splitting and synthesis as a reply, the first sentence
+        streamed. `speed` scales the voice's own speed where its engine allows."""
+        if not self.ready:
+            raise NotReady(self.load_error or "models are still loading; retry shortly", headers={"Retry-After": "5"})
+        if not text.strip():
+            raise InvalidInput("input is empty: give the text to speak")
+        limit = max_chars or self.settings.max_input_chars
+        if len(text) > limit:
+            raise InvalidInput(f"input is {len(text)} characters; the limit is {limit}")
+        speaker = self.registry.get(speaker_id)
+        assert speaker.voice is not None
+        voice = speaker.voice.at_speed(speed) if speed != 1.0 else speaker.voice
+        turn = _Turn(request_id, replace(speaker, voice=voice), self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
+        async with AsyncExitStack() as holding:
+            await holding.enter_async_context(self.admission.ticket())
+            await holding.enter_async_context(self.admission.running())
+            await holding.enter_async_context(hold_voice(turn.engine, voice))
+            yield ReplyStarted(request_id, speaker.id, turn.sample_rate, None, None)
+            async with aclosing(self._speak(turn, [], True, llm=VerbatimText(text))) as items:
+                async for item in items:
+                    yield item
+
     def _resolve(self, request: ChatOptions, text: str | None, voice: VoiceInput | None, request_id: str) -> _Turn:
         if (text is None) == (voice is None):
             raise ValueError("reply() takes either text or voice")
@@ -196,14 +252,18 @@ class ChatService:
             count_tokens=getattr(self.llm, "count_tokens", None) or estimate_tokens,
         )
 
-    async def _speak(self, turn: _Turn, messages: list[ChatMessage], stream_first_sentence: bool) -> AsyncIterator[AudioChunk | ReplyFinished]:
+    async def _speak(
+        self, turn: _Turn, messages: list[ChatMessage], stream_first_sentence: bool, *, llm: LLMBackend | None = None
+    ) -> AsyncIterator[AudioChunk | ReplyFinished]:
         """The pipeline's items, counted, logged, and remembered in the conversation at the end
-        (a reply cut short as far as it was spoken)."""
+        (a reply cut short as far as it was spoken). With `llm` (speech requests: the text
+        itself) instead of the service's model, nothing is translated."""
         assert self.llm is not None
         overlapped = self.settings.testing.pipeline_mode == "overlapped"
-        translate = self._translator(turn.speaker) if turn.speaker.translates and turn.engine is not None else None
+        translates = turn.speaker.translates and turn.engine is not None and llm is None
+        translate = self._translator(turn.speaker) if translates else None
         pipeline = speak_reply(
-            self.llm, turn.engine, turn.speaker.voice, messages, turn.options,
+            llm or self.llm, turn.engine, turn.speaker.voice, messages, turn.options,
             splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
             stream_first_sentence=stream_first_sentence and overlapped, overlap=overlapped,
             timeout_s=self.settings.request_timeout_s, translate=translate,

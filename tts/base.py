@@ -27,6 +27,11 @@ class VoiceParams(BaseModel):
         """The command that fetches this voice's missing files, if a script can."""
         return None
 
+    def at_speed(self, factor: float) -> VoiceParams:
+        """This voice speaking `factor` times as fast (within what the engine allows); itself
+        where the engine has no speed control."""
+        return self
+
 
 class TTSError(EngineError):
     """Synthesis failed; `status` is the HTTP status to report if audio has not started yet."""

@@ -37,6 +37,9 @@ class EspeakVoice(VoiceParams):
     pitch: int = Field(50, ge=0, le=99)
     pitch_range: int = Field(50, ge=0, le=99)
 
+    def at_speed(self, factor: float) -> EspeakVoice:
+        return self.model_copy(update={"rate": round(min(450, max(80, self.rate * factor)))})
+
 
 VOICE_MODEL = EspeakVoice
 

@@ -56,6 +56,10 @@ class GPTSoVITSVoice(VoiceParams):
     def download_command(self, speaker_id: str) -> str | None:
         return f"python scripts/download_models.py --voices {speaker_id}"
 
+    def at_speed(self, factor: float) -> GPTSoVITSVoice:
+        # The caches key a voice by its files and reference, so a faster copy shares them.
+        return self.model_copy(update={"speed_factor": min(2.0, max(0.5, self.speed_factor * factor))})
+
 
 VOICE_MODEL = GPTSoVITSVoice
 
