@@ -23,11 +23,14 @@ class AdmissionControl:
         self._capacity = limit + queue
         self.wait_s = wait_s
         self.admitted = 0  # running + waiting
+        self.running_now = 0
+        self.rejected = 0  # turned away since start-up (full, or no slot in time)
 
     @asynccontextmanager
     async def ticket(self) -> AsyncIterator[None]:
         """Count this request for its whole life; refuse it at once when the server is full."""
         if self.admitted >= self._capacity:
+            self.rejected += 1
             raise Overloaded("server is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
         self.admitted += 1
         try:
@@ -42,10 +45,13 @@ class AdmissionControl:
             async with asyncio.timeout(self.wait_s):
                 await self._slots.acquire()
         except TimeoutError:
+            self.rejected += 1
             raise Overloaded(
                 f"no free slot within {self.wait_s:g} s; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}
             ) from None
+        self.running_now += 1
         try:
             yield
         finally:
+            self.running_now -= 1
             self._slots.release()

@@ -41,6 +41,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex[:16]
+        path = scope.get("path", "")  # errors under /v1/ take OpenAI's shape
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = time.perf_counter()
@@ -48,16 +49,16 @@ class RequestContext:
         raw_headers = scope.get("headers") or []
         headers = dict(raw_headers)
         if not self._host_allowed(headers.get(b"host", b"").decode("latin-1")):
-            await _reject(send, request_id, 400, "invalid_host", "this Host is not served here; see CHAT2AUDIO_ALLOWED_HOSTS")
+            await _reject(send, request_id, 400, "invalid_host", "this Host is not served here; see CHAT2AUDIO_ALLOWED_HOSTS", path=path)
             return
         if sum(1 for name, _ in raw_headers if name == b"content-type") > 1:
-            await _reject(send, request_id, 400, "invalid_request", "send one Content-Type header, not several")
+            await _reject(send, request_id, 400, "invalid_request", "send one Content-Type header, not several", path=path)
             return
         multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
         limit = self.max_upload_bytes if multipart else self.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _reject(send, request_id, 413, "body_too_large", f"request body is over {limit} bytes")
+            await _reject(send, request_id, 413, "body_too_large", f"request body is over {limit} bytes", path=path)
             return
 
         received = 0
@@ -73,12 +74,27 @@ class RequestContext:
                     raise HTTPException(413, f"request body is over {limit} bytes")
             return message
 
+        status = 500  # what the client got, if the app never answered
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
-        await self.app(scope, limited_receive, send_with_id)
+        metrics = _metrics_of(scope)
+        if metrics is None:  # the service is not built yet (start-up) or this is not our app
+            await self.app(scope, limited_receive, send_with_id)
+            return
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            metrics.in_flight.dec()
+            # The route's template (/speakers/{speaker_id}/portrait), never the raw path: one series a route.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(route, str(status)).inc()
 
     def _host_allowed(self, host_header: str) -> bool:
         host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
@@ -89,8 +105,13 @@ class RequestContext:
         return False
 
 
-async def _reject(send: Send, request_id: str, status: int, type_: str, message: str) -> None:
-    body = json.dumps(error_body(status, type_, message)).encode()
+def _metrics_of(scope: Scope):
+    service = getattr(getattr(scope.get("app"), "state", None), "service", None)
+    return getattr(service, "metrics", None)
+
+
+async def _reject(send: Send, request_id: str, status: int, type_: str, message: str, *, path: str = "") -> None:
+    body = json.dumps(error_body(status, type_, message, path=path)).encode()
     await send({
         "type": "http.response.start",
         "status": status,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from chat2audio.errors import NoPortrait
 from chat2audio.http.deps import ServiceDep, protected_router
@@ -42,6 +43,13 @@ async def stats(service: ServiceDep) -> StatsResponse:
         llm_tokens_generated=getattr(service.llm, "tokens_generated", 0),
         threads=threading.active_count(),
     )
+
+
+@protected.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics: time to first audio, real-time factor, requests by route and status,
+    in flight, queued, rejected, LLM tokens, TTS audio seconds per engine."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @protected.get("/speakers", response_model=SpeakersResponse)
