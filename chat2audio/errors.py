@@ -9,15 +9,17 @@ from stt.base import STTError
 
 
 class ServiceError(Exception):
-    """An error the client should see: carries its HTTP status, a type and a safe message."""
+    """An error the client should see: carries its HTTP status, a type and a safe message, and
+    the request field at fault (`param`, which OpenAI-style errors name) when there is one."""
 
     status = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param
 
 
 class InvalidInput(ServiceError):
@@ -34,6 +36,10 @@ class UnsupportedMediaType(ServiceError):
 
 class UnknownSpeaker(ServiceError):
     status, type = 404, "unknown_speaker"
+
+
+class UnknownVoice(ServiceError):
+    status, type = 400, "unknown_voice"
 
 
 class NoPortrait(ServiceError):

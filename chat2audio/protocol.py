@@ -15,11 +15,12 @@ class ChatOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # no "false" for a temperature, no "5" for a count
 
     speaker: str = Field(min_length=1, max_length=64, description="Speaker id, see GET /speakers.")
-    format: Literal["wav", "events", "text"] = Field(
+    format: Literal["wav", "mp3", "opus", "aac", "flac", "ogg", "pcm", "events", "text"] = Field(
         "wav",
-        description='"wav": audio/wav (streamed by the stream app). "events": text/event-stream of JSON '
-        'events, one per sentence with its text and audio, then the whole reply. "text": the same events '
-        "without audio (no speech synthesis at all).",
+        description='"wav": audio/wav (streamed by the stream app). "mp3", "opus" (Ogg Opus), "aac" (ADTS), '
+        '"flac", "ogg" (Ogg Vorbis), "pcm" (s16le mono at X-Sample-Rate): the same audio compressed as it '
+        'streams. "events": text/event-stream of JSON events, one per sentence with its text and audio '
+        '(WAV), then the whole reply. "text": the same events without audio (no speech synthesis at all).',
     )
     session_id: str | None = Field(
         None,

@@ -18,6 +18,7 @@ from chat2audio.admission import AdmissionControl
 from chat2audio.context import estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
+from chat2audio.metrics import LiveCounts, Metrics
 from chat2audio.pipeline import AudioChunk, ReplyFinished, join_sentences, speak_reply
 from chat2audio.protocol import ChatOptions
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
@@ -28,7 +29,7 @@ from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from llm.verbatim import VerbatimText
 from stt.base import STTBackend
-from tts.base import TTSEngine, hold_voice
+from tts.base import TTSEngine, VoiceParams, hold_voice
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,17 @@ class ChatService:
             store_timeout_s=settings.session_store_timeout_s,
         )
         self.ready = False
+        self.voices_ready = False
         self.active_replies = 0
         self.load_error: str | None = None
         self.stt_error: str | None = None
         self.splitter_config = SplitterConfig()
+        self.metrics = Metrics(self._live_counts)
+
+    def _live_counts(self) -> LiveCounts:
+        running = self.admission.running_now
+        tokens = getattr(self.llm, "tokens_generated", 0) if self.llm is not None else 0
+        return LiveCounts(self.admission.admitted - running, running, self.admission.rejected, tokens)
 
     @property
     def sessions(self) -> SessionStore:
@@ -106,6 +114,7 @@ class ChatService:
         then log one summary of what runs and what does not."""
         started = time.perf_counter()
         engine_states = await start_tts_engines(self.registry, self.settings)
+        self.voices_ready = True  # speech requests need no LLM: they may start now
         self.llm, self.load_error = await start_llm(self.settings)
         if self.llm is not None:
             self.stt, self.stt_error = await start_stt(self.settings)
@@ -184,13 +193,15 @@ class ChatService:
                     yield item
 
     async def speak_text(
-        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None
+        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None,
+        voice: VoiceParams | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
         but the same admission, sentence splitting and synthesis as a reply, the first sentence
-        streamed. `speed` scales the voice's own speed where its engine allows."""
-        if not self.ready:
-            raise NotReady(self.load_error or "models are still loading; retry shortly", headers={"Retry-After": "5"})
+        streamed. `speed` scales the voice's own speed where its engine allows; `voice` replaces
+        the speaker's voice settings for this request (same engine, e.g. other sampling)."""
+        if not self.voices_ready:
+            raise NotReady("voices are still loading; retry shortly", headers={"Retry-After": "5"})
         if not text.strip():
             raise InvalidInput("input is empty: give the text to speak")
         limit = max_chars or self.settings.max_input_chars
@@ -198,7 +209,8 @@ class ChatService:
             raise InvalidInput(f"input is {len(text)} characters; the limit is {limit}")
         speaker = self.registry.get(speaker_id)
         assert speaker.voice is not None
-        voice = speaker.voice.at_speed(speed) if speed != 1.0 else speaker.voice
+        voice = voice or speaker.voice
+        voice = voice.at_speed(speed) if speed != 1.0 else voice
         turn = _Turn(request_id, replace(speaker, voice=voice), self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
@@ -258,12 +270,13 @@ class ChatService:
         """The pipeline's items, counted, logged, and remembered in the conversation at the end
         (a reply cut short as far as it was spoken). With `llm` (speech requests: the text
         itself) instead of the service's model, nothing is translated."""
-        assert self.llm is not None
+        writer = llm or self.llm
+        assert writer is not None
         overlapped = self.settings.testing.pipeline_mode == "overlapped"
         translates = turn.speaker.translates and turn.engine is not None and llm is None
         translate = self._translator(turn.speaker) if translates else None
         pipeline = speak_reply(
-            llm or self.llm, turn.engine, turn.speaker.voice, messages, turn.options,
+            writer, turn.engine, turn.speaker.voice, messages, turn.options,
             splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
             stream_first_sentence=stream_first_sentence and overlapped, overlap=overlapped,
             timeout_s=self.settings.request_timeout_s, translate=translate,
@@ -286,6 +299,7 @@ class ChatService:
                     yield item
         finally:
             self.active_replies -= 1
+            self._measure(turn, samples, time.perf_counter() - started, complete=finished is not None)
             said = finished.text if finished else join_sentences(spoken)
             if turn.session_id and said:
                 await self.conversations.remember(turn.speaker.id, turn.session_id, turn.user_input, said)
@@ -295,6 +309,15 @@ class ChatService:
                 f"{first_audio:.3f}s" if first_audio is not None else "-", time.perf_counter() - started,
                 samples / (turn.sample_rate or 1), len(spoken), finished.finish_reason if finished else "-",
             )
+
+    def _measure(self, turn: _Turn, samples: int, seconds: float, *, complete: bool) -> None:
+        """Audio made, per engine, and (for a reply heard to its end) how fast it was made."""
+        if turn.engine is None or not samples or not turn.sample_rate:
+            return
+        audio_s = samples / turn.sample_rate
+        self.metrics.tts_audio_seconds.labels(turn.engine.name).inc(audio_s)
+        if complete:
+            self.metrics.real_time_factor.labels(turn.engine.name).observe(seconds / audio_s)
 
     def _translator(self, speaker: Speaker):
         """Per-sentence translation with the same LLM, for speakers who speak another language

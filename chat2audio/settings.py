@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="system prompt of the per-sentence translation step ({source}, {target} filled in)",
     )
 
+    openai_default_voice: str = Field(
+        "Aria",
+        description="the speaker that OpenAI's stock voice names (alloy, nova, …) map to when no speaker file "
+        "claims them in openai_voices; empty: stock names are unknown voices",
+    )
+
     api_key: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(

@@ -13,6 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +41,10 @@ class GenerationOverrides(BaseModel):
         return replace(options, **self.model_dump(exclude_none=True))
 
 
+# The voice names OpenAI's speech API knows; clients offer them by default.
+OPENAI_STOCK_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
 class SpeakerFile(BaseModel):
     """The top level of a speaker file; `[voice]` is validated by the engine's own model."""
 
@@ -51,6 +56,9 @@ class SpeakerFile(BaseModel):
     description: str | None = None
     language: str | None = Field(None, description="language the replies are written in")
     speech_language: str | None = Field(None, description="language they are spoken in, if another")
+    openai_voices: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=list, description="OpenAI voice names (alloy, nova, …) this speaker answers to"
+    )
     llm: GenerationOverrides = Field(default_factory=GenerationOverrides)
     voice: dict = Field(default_factory=dict)
 
@@ -66,6 +74,7 @@ class Speaker:
     voice: VoiceParams | None = None
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
     speech_language: str | None = None
+    openai_voices: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()  # the speaker cannot talk at all (file or prompt broken)
     voice_problems: tuple[str, ...] = ()  # it cannot speak aloud (engine, voice, model files)
 
@@ -116,6 +125,7 @@ def parse_speaker_file(path: Path, prompts_dir: Path) -> Speaker:
     speaker = Speaker(
         speaker_id, engine=spec.engine, display_name=spec.display_name or speaker_id,
         description=spec.description, language=spec.language, speech_language=spec.speech_language,
+        openai_voices=tuple(spec.openai_voices),
         generation=spec.llm,
     )
     problems: list[str] = []
@@ -197,6 +207,20 @@ class SpeakerRegistry:
 
     def all(self) -> list[Speaker]:
         return [self._current(speaker) for speaker in self._speakers.values()]
+
+    def for_voice(self, voice: str, stock_default: str | None) -> Speaker | None:
+        """The speaker an OpenAI-style `voice` names: a speaker id (any case), then a name some
+        speaker file claims (`openai_voices`), then, for OpenAI's stock names, `stock_default`."""
+        wanted = voice.lower()
+        for speaker in self._speakers.values():
+            if speaker.id.lower() == wanted:
+                return speaker
+        for speaker in self._speakers.values():
+            if wanted in (name.lower() for name in speaker.openai_voices):
+                return speaker
+        if wanted in OPENAI_STOCK_VOICES and stock_default:
+            return self._speakers.get(stock_default)
+        return None
 
     def require(self, speaker_id: str) -> Speaker:
         """The speaker as its files describe it, able to talk or not; 404 if unknown."""

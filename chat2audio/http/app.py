@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from chat2audio.http import chat, gsv, sessions, status
+from chat2audio.http import chat, gsv, openai_api, sessions, status
 from chat2audio.http.errors import install_error_handlers
 from chat2audio.http.middleware import RequestContext, default_allowed_hosts
 from chat2audio.service import ChatService
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
     app.state.streaming = streaming
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (status, chat, sessions, gsv):
+    for module in (status, chat, sessions, gsv, openai_api):
         app.include_router(module.router)
     web = Path(__file__).parent.parent / "web"
     app.mount("/web", StaticFiles(directory=web), name="web")

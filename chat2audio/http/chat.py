@@ -11,7 +11,8 @@ from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import event_stream, open_reply, text_headers, wav_stream, whole_wav
+from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
+from chat2audio.http.encoders import encoded_stream, event_stream, open_reply, text_headers, wav_stream, whole_wav
 from chat2audio.http.errors import ClientGone
 from chat2audio.http.parsing import ChatInput, parse_chat_request
 from chat2audio.protocol import ChatRequest, ErrorResponse
@@ -20,11 +21,15 @@ T = TypeVar("T")
 SSE_PING_S = 15  # keeps proxies from closing a quiet event stream (a long first sentence, a queue)
 
 router = protected_router()
+CHAT_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"})
 
 
 @router.post(
     "/chat2audio",
-    responses={200: {"content": {"audio/wav": {}, "text/event-stream": {}}, "description": "The spoken reply."}, 415: {"model": ErrorResponse}},
+    responses={
+        200: {"content": {media_type: {} for media_type in CHAT_MEDIA_TYPES}, "description": "The spoken reply."},
+        415: {"model": ErrorResponse},
+    },
     response_class=Response,
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}
@@ -39,20 +44,27 @@ async def chat2audio(parsed: Annotated[ChatInput, Depends(parse_chat_request)], 
     )
     # Wait for the first audio, so that a failure before any (unknown model, upstream down,
     # overload) is still an ordinary JSON error response.
-    reply = await _unless_client_leaves(request, open_reply(events, request_id, request.state.started))
+    reply = await unless_client_leaves(request, open_reply(events, request))
     headers = {
         "X-Sample-Rate": str(reply.started.sample_rate), "X-Speaker": reply.started.speaker, "Cache-Control": "no-store",
     }
     if parsed.options.format in ("events", "text"):
         return EventSourceResponse(event_stream(reply), headers=headers, ping=SSE_PING_S, sep="\n")
+    if parsed.options.format != "wav":
+        encoder = StreamEncoder(parsed.options.format, reply.started.sample_rate)
+        headers["X-Sample-Rate"] = str(encoder.output_rate)
+        if streaming:
+            return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
+        whole = b"".join([part async for part in encoded_stream(reply, encoder)])
+        return Response(whole, media_type=encoder.media_type, headers=headers)
     if streaming:
         return StreamingResponse(wav_stream(reply), media_type="audio/wav", headers=headers)
-    audio, finished, seconds = await _unless_client_leaves(request, whole_wav(reply))
+    audio, finished, seconds = await unless_client_leaves(request, whole_wav(reply))
     headers |= text_headers(finished) | {"X-Audio-Seconds": f"{seconds:.3f}"}
     return Response(audio, media_type="audio/wav", headers=headers)
 
 
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it the moment the client disconnects."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))

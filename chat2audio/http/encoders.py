@@ -1,4 +1,5 @@
-"""A reply's events as bytes on the wire: a streamed WAV, server-sent events, or one WAV file.
+"""A reply's events as bytes on the wire: a streamed WAV or compressed audio, server-sent events,
+or one WAV file.
 
 Each encoder gets the reply already opened (its ReplyStarted and first audible items, so that a
 failure before any audio was still an ordinary JSON error) and the rest of the stream. Once a
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import numpy as np
+from fastapi import Request
 from sse_starlette import ServerSentEvent
 
 from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
+from chat2audio.codecs import StreamEncoder
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import AudioChunk, ReplyFinished
 from chat2audio.protocol import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
@@ -50,8 +53,10 @@ class OpenedReply:
             yield item  # type: ignore[misc]  # ReplyStarted comes first, never again
 
 
-async def open_reply(events: AsyncIterator[ReplyEvent], request_id: str, arrived: float) -> OpenedReply:
-    """Run the reply until its first audio (or first sentence, or its end)."""
+async def open_reply(events: AsyncIterator[ReplyEvent], request: Request) -> OpenedReply:
+    """Run the reply until its first audio (or first sentence, or its end); the time its first
+    audio took since the request arrived goes to the TTFA histogram of the request's route."""
+    arrived = request.state.started
     started: ReplyStarted | None = None
     head: list[AudioChunk | ReplyFinished] = []
     async for event in events:
@@ -59,10 +64,13 @@ async def open_reply(events: AsyncIterator[ReplyEvent], request_id: str, arrived
             started = event
             continue
         head.append(event)
+        if isinstance(event, AudioChunk) and event.audio.size:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            request.app.state.service.metrics.time_to_first_audio.labels(route).observe(_since(arrived))
         if isinstance(event, ReplyFinished) or event.audio.size or event.sentence_done:
             break
     assert started is not None, "a reply starts with ReplyStarted"
-    return OpenedReply(started, head, events, request_id, arrived)
+    return OpenedReply(started, head, events, request.state.request_id, arrived)
 
 
 async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
@@ -77,6 +85,22 @@ async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
             # Audio has started: a WAV cannot carry an error, so log it and end the stream.
             failure = error_detail(error, reply.request_id)
             log.error("request %s: stream ended early: %s", reply.request_id, failure.message)
+
+
+async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """The reply's audio through `encoder` (mp3, opus, …), each piece sent as soon as the codec
+    gives it. Once audio has started an error can only end the stream early (and is logged)."""
+    try:
+        async with aclosing(reply.rest):
+            async for item in reply.items():
+                if isinstance(item, AudioChunk) and item.audio.size and (data := encoder.encode(item.audio)):
+                    yield data
+            if data := encoder.finish():
+                yield data
+    except Exception as error:
+        log.error("request %s: stream ended early: %s", reply.request_id, error_detail(error, reply.request_id).message)
+    finally:
+        encoder.close()
 
 
 async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:

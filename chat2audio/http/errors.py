@@ -1,7 +1,10 @@
 """The one place errors become HTTP: plain JSON responses and the error event of a stream alike.
 
 Domain and engine errors carry their status (see `chat2audio.errors.as_service_error`); any
-other exception is logged with the request id and answered with a generic 500 message.
+other exception is logged with the request id and answered with a generic 500 message. Under
+`/v1/` (the OpenAI-compatible API) the body has OpenAI's shape, `{"error": {"message", "type",
+"param", "code"}}` with our type as the code, and invalid requests are 400s, as OpenAI's SDK
+and the clients built on it expect.
 """
 
 from __future__ import annotations
@@ -28,8 +31,23 @@ class ClientGone(Exception):
     """The client disconnected before the response started; nothing is left to answer."""
 
 
-def error_body(status: int, type_: str, message: str) -> dict:
+OPENAI_PREFIX = "/v1/"
+
+
+def error_body(status: int, type_: str, message: str, *, path: str = "", param: str | None = None) -> dict:
+    if path.startswith(OPENAI_PREFIX):
+        return {"error": {"message": message, "type": _openai_type(status), "param": param, "code": type_}}
     return ErrorResponse(error=ErrorDetail(type=type_, message=message)).model_dump()
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def error_detail(error: BaseException, request_id: str) -> ServiceError:
@@ -42,8 +60,10 @@ def error_detail(error: BaseException, request_id: str) -> ServiceError:
     return failure
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.type, error.message), status_code=error.status, headers=error.headers)
+def error_response(error: ServiceError, path: str = "") -> JSONResponse:
+    status = 400 if error.status == 422 and path.startswith(OPENAI_PREFIX) else error.status
+    body = error_body(status, error.type, error.message, path=path, param=error.param)
+    return JSONResponse(body, status_code=status, headers=error.headers)
 
 
 def allowed_methods(request: Request) -> set[str]:
@@ -66,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     @app.exception_handler(ReplyTimeout)
     async def _known(request: Request, error: Exception) -> JSONResponse:
-        return error_response(error_detail(error, request.state.request_id))
+        return error_response(error_detail(error, request.state.request_id), request.url.path)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, error: ClientGone) -> Response:
@@ -75,11 +95,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
+        problems, fields = [], []
         for item in error.errors():
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
-        return JSONResponse(error_body(422, "invalid_request", "; ".join(problems)[:1000]), status_code=422)
+            fields.append(where)
+        path = request.url.path
+        status = 400 if path.startswith(OPENAI_PREFIX) else 422
+        body = error_body(status, "invalid_request", "; ".join(problems)[:1000], path=path, param=fields[0] if fields else None)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -87,8 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(error.headers or {})
         if error.status_code == 405:
             headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
-        return JSONResponse(error_body(error.status_code, type_, str(error.detail)), status_code=error.status_code, headers=headers)
+        body = error_body(error.status_code, type_, str(error.detail), path=request.url.path)
+        return JSONResponse(body, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        return error_response(error_detail(error, getattr(request.state, "request_id", "?")))
+        return error_response(error_detail(error, getattr(request.state, "request_id", "?")), request.url.path)

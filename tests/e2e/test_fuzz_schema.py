@@ -13,6 +13,7 @@ from tests.e2e.conftest import scripted_env
 from tests.server import running_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.mark.parametrize("app", ["app_stream", "app_non_stream"])
@@ -24,7 +25,7 @@ def test_no_5xx_and_responses_match_the_schema(app, tmp_path):
     with running_server(app, env, tmp_path / "server.log") as server:
         result = subprocess.run(
             [
-                str(SCHEMATHESIS), "run", f"{server.base_url}/openapi.json",
+                str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"{server.base_url}/openapi.json",
                 "--checks", "all", "--max-examples", "30", "--seed", "1", "--generation-deterministic",
                 "--request-timeout", "30", "--no-color",
             ],
