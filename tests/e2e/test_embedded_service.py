@@ -3,7 +3,9 @@ newcomer gets from a fresh clone with no downloads."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import queue
 import subprocess
@@ -14,9 +16,11 @@ from urllib.parse import unquote
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import soundfile
 
+from tests.ffmpeg import decode, needs_ffmpeg
 from tests.server import PROJECT_ROOT, free_port, running_server
 
 pytestmark = pytest.mark.embedded
@@ -99,3 +103,38 @@ def test_a_fresh_start_is_quiet_and_sums_up_what_runs(tmp_path):
     assert "gpt-sovits: not started: its models are not downloaded" in output
     assert "python scripts/download_models.py" in output
     assert f"http://127.0.0.1:{port}/docs" in output
+
+
+@needs_ffmpeg
+def test_the_openai_sdk_hears_the_embedded_voices_in_every_format(embedded_env, tmp_path):
+    """What the issue's done-when asks of a stock client: the official SDK, any key, the six
+    speech formats, the SSE stream, and a chat completion whose audio is speech."""
+    with running_server("app_stream", embedded_env, tmp_path / "server.log") as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-anything", max_retries=0)
+        text = "Hello there. Welcome to the harbour of Lumen."
+        for response_format in ("mp3", "opus", "aac", "flac", "wav", "pcm"):
+            data = client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format=response_format).content
+            if response_format == "pcm":
+                audio = decode(data, rate=24000, input_format="s16le")
+            else:
+                audio = decode(data, rate=22050)
+            seconds = audio.size / (24000 if response_format == "pcm" else 22050)
+            assert 1.0 < seconds < 10, (response_format, seconds)
+            assert np.sqrt(np.mean(audio**2)) > 0.01, f"{response_format}: silent"
+
+        with client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="onyx", input=text, response_format="opus", stream_format="sse"
+        ) as response:
+            events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+        assert {event["type"] for event in events[:-1]} == {"speech.audio.delta"} and events[-1]["type"] == "speech.audio.done"
+        streamed = decode(b"".join(base64.b64decode(event["audio"]) for event in events[:-1]), rate=22050)
+        assert np.sqrt(np.mean(streamed**2)) > 0.01
+
+        completion = client.chat.completions.create(
+            model="chat2audio", modalities=["text", "audio"], audio={"voice": "Aria", "format": "mp3"},
+            messages=[{"role": "user", "content": "Hello, who are you?"}], max_tokens=60, temperature=0,
+        )
+        heard = completion.choices[0].message.audio
+        assert len(heard.transcript.split()) >= 3
+        speech = decode(base64.b64decode(heard.data), rate=22050)
+        assert speech.size / 22050 > 1.0 and np.sqrt(np.mean(speech**2)) > 0.01
