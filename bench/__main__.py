@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.concurrency import CROWD_HEADER, crowd, listen
+from bench.formats import FORMAT_HEADER, format_rows
 from bench.measure import llm_speed, measure_floor, median, pipeline_in_process, tts_speed
 from bench.profiles import PROFILES, Profile
 from tests.server import running_server
@@ -90,6 +91,7 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
                 ["service overhead: HTTP total / in-process total", fmt(median(overheads), 2), fmt(max(overheads, default=float("nan")), 2)],
             ],
         ))
+        out.append(formats_section(profile, ours, repeats))
         out.append(await concurrency_section(profile, env, workdir, concurrency, ours))
     out.append("### Engines (in-process)\n")
     speed = await tts_speed(backends.tts, profile.tts_probe_text, backends.voice)
@@ -128,6 +130,17 @@ async def concurrency_section(profile: Profile, env: dict, workdir: Path, concur
         + table(["server", *CROWD_HEADER], rows)
         + "\n\nEach listener starts playing at its first audio byte, in real time; an underrun is a moment it had "
         "nothing to play before its reply ended. Requests beyond CHAT2AUDIO_MAX_CONCURRENT_REQUESTS wait for a slot.\n"
+    )
+
+
+def formats_section(profile: Profile, ours, repeats: int) -> str:
+    """TTFA per output format, each the median of `repeats` runs, against WAV in the same run."""
+    rows = format_rows(ours.base_url, profile.request(profile.concurrency_prompt), profile.tts_probe_text, profile.speaker, repeats)
+    return (
+        f"\n### Time to first audio per format (stream app, N = 1, median of {repeats}), seconds\n\n"
+        + table(FORMAT_HEADER, rows)
+        + "\n\n/chat2audio speaks the LLM's reply; /v1/audio/speech speaks the TTS probe text verbatim. "
+        "\"vs WAV\" is the difference to WAV's TTFA through the same route in this run.\n"
     )
 
 
