@@ -39,6 +39,22 @@ def scripted_env(root: Path, **settings: str) -> dict[str, str]:
     }
 
 
+def tiny_voices_env(root: Path, models_dir: Path) -> dict[str, str]:
+    """The scripted LLM speaking through the tiny GPT-SoVITS voices: Nahida (TinyA) and Klee
+    (TinyB), deterministic (top_k 1, no noise), and Missing, whose files are not there."""
+    from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
+
+    env = scripted_env(root, models_dir=str(models_dir), device="cpu", scripted_token_delay_s="0.01")
+    speakers = root / "speakers"
+    write_speaker_toml(speakers, "TinyA", speaker_id="Nahida", prompt="Low", top_k=1, noise_scale=0.0)
+    write_speaker_toml(speakers, "TinyB", speaker_id="Klee", prompt="Low", top_k=1, noise_scale=0.0)
+    (speakers / "Missing.toml").write_text(
+        'engine = "gpt-sovits"\nprompt = "Low"\n[voice]\ngpt_model = "GPT_weights_v2/Nobody.ckpt"\n'
+        'sovits_model = "SoVITS_weights_v2/Nobody.pth"\nref_audio = "ref_audios/Nobody.wav"\nref_text = "你好。"\n'
+    )
+    return env
+
+
 def _variable(setting: str) -> str:
     group = "TESTING__" if setting in TestingSettings.model_fields else ""
     return f"CHAT2AUDIO_{group}{setting.upper()}"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.e2e.conftest import scripted_env
-from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, write_speaker_toml
+from tests.e2e.conftest import tiny_voices_env
+from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS
 from tests.server import running_server
 
 REPLY = SPOKEN_TEXTS[0] + SPOKEN_TEXTS[1]  # the scripted LLM says back what it is told
@@ -20,15 +20,7 @@ REPLY = SPOKEN_TEXTS[0] + SPOKEN_TEXTS[1]  # the scripted LLM says back what it 
 
 @pytest.fixture(scope="module")
 def gsv_env(tiny_gsv_models_dir, tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("gsv-service")
-    env = scripted_env(root, models_dir=str(tiny_gsv_models_dir), device="cpu", scripted_token_delay_s="0.01")
-    speakers = root / "speakers"
-    write_speaker_toml(speakers, "TinyA", speaker_id="Nahida", prompt="Low", top_k=1, noise_scale=0.0)
-    write_speaker_toml(speakers, "TinyB", speaker_id="Klee", prompt="Low", top_k=1, noise_scale=0.0)
-    (speakers / "Missing.toml").write_text(
-        'engine = "gpt-sovits"\nprompt = "Low"\n[voice]\ngpt_model = "GPT_weights_v2/Nobody.ckpt"\n'
-        'sovits_model = "SoVITS_weights_v2/Nobody.pth"\nref_audio = "ref_audios/Nobody.wav"\nref_text = "你好。"\n'
-    )
+    env = tiny_voices_env(tmp_path_factory.mktemp("gsv-service"), tiny_gsv_models_dir)
     # HF_HUB_OFFLINE is set by the server helper; a hub request would fail rather than hang.
     return env
 

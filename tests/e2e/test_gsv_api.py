@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.e2e.conftest import scripted_env
+from tests.e2e.conftest import scripted_env, tiny_voices_env
 from tests.ffmpeg import decode, needs_ffmpeg, probe
-from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
 from tests.server import running_server
 
 TEXT = "你好。"  # the curl; one short sentence keeps each synthesis to a second or two
@@ -38,14 +37,7 @@ def models_dir(tiny_gsv_models_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("gsv-api")
-    env = scripted_env(root, models_dir=str(models_dir), device="cpu", scripted_token_delay_s="0.01")
-    speakers = root / "speakers"
-    write_speaker_toml(speakers, "TinyA", speaker_id="Nahida", prompt="Low", top_k=1, noise_scale=0.0)
-    write_speaker_toml(speakers, "TinyB", speaker_id="Klee", prompt="Low", top_k=1, noise_scale=0.0)
-    (speakers / "Missing.toml").write_text(
-        'engine = "gpt-sovits"\nprompt = "Low"\n[voice]\ngpt_model = "GPT_weights_v2/Nobody.ckpt"\n'
-        'sovits_model = "SoVITS_weights_v2/Nobody.pth"\nref_audio = "ref_audios/Nobody.wav"\nref_text = "你好。"\n'
-    )
+    env = tiny_voices_env(root, models_dir)
     with running_server("app_stream", env, root / "server.log") as running:
         yield running
 
