@@ -194,7 +194,7 @@ class ChatService:
 
     async def speak_text(
         self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None,
-        voice: VoiceParams | None = None,
+        voice: VoiceParams | None = None, stream_first_sentence: bool = True,
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
         but the same admission, sentence splitting and synthesis as a reply, the first sentence
@@ -217,7 +217,7 @@ class ChatService:
             await holding.enter_async_context(self.admission.running())
             await holding.enter_async_context(hold_voice(turn.engine, voice))
             yield ReplyStarted(request_id, speaker.id, turn.sample_rate, None, None)
-            async with aclosing(self._speak(turn, [], True, llm=VerbatimText(text))) as items:
+            async with aclosing(self._speak(turn, [], stream_first_sentence, llm=VerbatimText(text))) as items:
                 async for item in items:
                     yield item
 

@@ -285,7 +285,7 @@ async def _speak(request: Request, raw: dict[str, Any]) -> Response:
             raise ApiV2Error(f"{speaker.id} is unavailable: {speaker.reason}")
         events = service.speak_text(
             speaker.id, params.text or "", request_id=request.state.request_id, speed=params.speed_factor,
-            voice=_voice_with_sampling(speaker, params),
+            voice=_voice_with_sampling(speaker, params), stream_first_sentence=request.app.state.streaming,
         )
         reply = await unless_client_leaves(request, open_reply(events, request))
         encoder_format = ENCODER_FORMATS[params.media_type]

@@ -133,7 +133,8 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     speaker = _speaker_for(service, body.voice, param="voice")
     pcm_rate = PCM_RATE if body.response_format == "pcm" else None
     events = service.speak_text(
-        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed, max_chars=MAX_SPEECH_CHARS
+        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed, max_chars=MAX_SPEECH_CHARS,
+        stream_first_sentence=request.app.state.streaming,
     )
     reply = await unless_client_leaves(request, open_reply(events, request))
     encoder = StreamEncoder(body.response_format, reply.started.sample_rate, output_rate=pcm_rate)
