@@ -12,7 +12,9 @@ from sse_starlette import EventSourceResponse
 
 from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
-from chat2audio.http.encoders import encoded_stream, event_stream, open_reply, text_headers, wav_stream, whole_wav
+from chat2audio.http.encoders import (
+    encoded_stream, event_stream, open_reply, text_headers, wav_stream, whole_file, whole_wav,
+)
 from chat2audio.http.errors import ClientGone
 from chat2audio.http.parsing import ChatInput, parse_chat_request
 from chat2audio.protocol import ChatRequest, ErrorResponse
@@ -51,12 +53,12 @@ async def chat2audio(parsed: Annotated[ChatInput, Depends(parse_chat_request)], 
     if parsed.options.format in ("events", "text"):
         return EventSourceResponse(event_stream(reply), headers=headers, ping=SSE_PING_S, sep="\n")
     if parsed.options.format != "wav":
-        encoder = StreamEncoder(parsed.options.format, reply.started.sample_rate)
-        headers["X-Sample-Rate"] = str(encoder.output_rate)
         if streaming:
+            encoder = StreamEncoder(parsed.options.format, reply.started.sample_rate)
+            headers["X-Sample-Rate"] = str(encoder.output_rate)
             return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
-        whole = b"".join([part async for part in encoded_stream(reply, encoder)])
-        return Response(whole, media_type=encoder.media_type, headers=headers)
+        audio, media_type, rate = await unless_client_leaves(request, whole_file(reply, parsed.options.format))
+        return Response(audio, media_type=media_type, headers=headers | {"X-Sample-Rate": str(rate)})
     if streaming:
         return StreamingResponse(wav_stream(reply), media_type="audio/wav", headers=headers)
     audio, finished, seconds = await unless_client_leaves(request, whole_wav(reply))

@@ -9,6 +9,7 @@ stream still ends cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -155,6 +156,28 @@ async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
     assert finished is not None
     samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return wav_bytes(samples, reply.started.sample_rate), finished, samples.size / reply.started.sample_rate
+
+
+async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> tuple[bytes, str, int]:
+    """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
+    ones), its media type and its sample rate; the encoding runs on a worker thread."""
+    parts: list[np.ndarray] = []
+    async with aclosing(reply.rest):
+        async for item in reply.items():
+            if isinstance(item, AudioChunk) and item.audio.size:
+                parts.append(item.audio)
+    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return await asyncio.to_thread(_encode_whole, samples, reply.started.sample_rate, audio_format, output_rate)
+
+
+def _encode_whole(samples: np.ndarray, rate: int, audio_format: str, output_rate: int | None) -> tuple[bytes, str, int]:
+    if audio_format == "wav" and output_rate in (None, rate):
+        return wav_bytes(samples, rate), "audio/wav", rate
+    encoder = StreamEncoder(audio_format, rate, output_rate=output_rate)
+    try:
+        return encoder.encode(samples) + encoder.finish(), encoder.media_type, encoder.output_rate
+    finally:
+        encoder.close()
 
 
 def text_headers(finished: ReplyFinished) -> dict[str, str]:

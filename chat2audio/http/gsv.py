@@ -27,27 +27,23 @@ CHAT2AUDIO_CORS_ORIGINS. `/control` (restart or kill the server) is deliberately
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import posixpath
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chat2audio.audio import to_pcm16, wav_bytes
 from chat2audio.codecs import StreamEncoder
 from chat2audio.errors import ServiceError
 from chat2audio.http.chat import unless_client_leaves
 from chat2audio.http.deps import protected_router
-from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply
+from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply, whole_file
 from chat2audio.http.errors import error_detail
-from chat2audio.pipeline import AudioChunk, ReplyTimeout
+from chat2audio.pipeline import ReplyTimeout
 from chat2audio.runtime.errors import EngineError
 from chat2audio.service import ChatService
 from chat2audio.speakers import Speaker
@@ -295,8 +291,7 @@ async def _speak(request: Request, raw: dict[str, Any]) -> Response:
             encoder = StreamEncoder(encoder_format, reply.started.sample_rate)
             headers["X-Sample-Rate"] = str(encoder.output_rate)
             return StreamingResponse(encoded_stream(reply, encoder), media_type=media_type, headers=headers)
-        samples = await unless_client_leaves(request, _all_audio(reply))
-        audio, rate = await asyncio.to_thread(_encode_whole, samples, reply.started.sample_rate, encoder_format)
+        audio, _, rate = await unless_client_leaves(request, whole_file(reply, encoder_format))
         return Response(audio, media_type=media_type, headers=headers | {"X-Sample-Rate": str(rate)})
     except ApiV2Error as error:
         return error.response()
@@ -305,29 +300,6 @@ async def _speak(request: Request, raw: dict[str, Any]) -> Response:
             await reply.rest.aclose()
         failure = error_detail(error, request.state.request_id)
         return ApiV2Error(failure.message, headers=failure.headers).response()
-
-
-async def _all_audio(reply: OpenedReply) -> np.ndarray:
-    """Every sample of the reply; a failure on the way is raised (nothing has been sent yet)."""
-    parts: list[np.ndarray] = []
-    async with aclosing(reply.rest):
-        async for item in reply.items():
-            if isinstance(item, AudioChunk) and item.audio.size:
-                parts.append(item.audio)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-
-
-def _encode_whole(samples: np.ndarray, rate: int, encoder_format: str) -> tuple[bytes, int]:
-    """One complete file (a WAV with its real sizes) and its sample rate; runs on a worker thread."""
-    if encoder_format == "wav":
-        return wav_bytes(samples, rate), rate
-    if encoder_format == "pcm":
-        return to_pcm16(samples), rate
-    encoder = StreamEncoder(encoder_format, rate)
-    try:
-        return encoder.encode(samples) + encoder.finish(), encoder.output_rate
-    finally:
-        encoder.close()
 
 
 # -- parameters --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from chat2audio.context import estimate_tokens
 from chat2audio.errors import InvalidInput, UnknownVoice
 from chat2audio.http.chat import SSE_PING_S, unless_client_leaves
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply
+from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply, whole_file
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyFinished, join_sentences
 from chat2audio.protocol import ChatOptions
@@ -137,14 +137,15 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
         stream_first_sentence=request.app.state.streaming,
     )
     reply = await unless_client_leaves(request, open_reply(events, request))
+    headers = {"X-Speaker": speaker.id, "Cache-Control": "no-store"}
+    if not request.app.state.streaming and body.stream_format == "audio":
+        audio, media_type, rate = await unless_client_leaves(request, whole_file(reply, body.response_format, output_rate=pcm_rate))
+        return Response(audio, media_type=media_type, headers=headers | {"X-Sample-Rate": str(rate)})
     encoder = StreamEncoder(body.response_format, reply.started.sample_rate, output_rate=pcm_rate)
-    headers = {"X-Sample-Rate": str(encoder.output_rate), "X-Speaker": speaker.id, "Cache-Control": "no-store"}
+    headers["X-Sample-Rate"] = str(encoder.output_rate)
     if body.stream_format == "sse":
         return EventSourceResponse(_speech_events(reply, encoder, body.input), headers=headers, ping=SSE_PING_S, sep="\n")
-    if request.app.state.streaming:
-        return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
-    whole = b"".join([part async for part in encoded_stream(reply, encoder)])
-    return Response(whole, media_type=encoder.media_type, headers=headers)
+    return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
 
 
 async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) -> AsyncIterator[ServerSentEvent]:

@@ -280,3 +280,19 @@ def test_metrics_count_what_was_asked(tmp_path):
     assert samples[("chat2audio_llm_tokens_total", ())] > 0
     assert samples[("chat2audio_requests_rejected_total", ())] == 0
     assert samples[("chat2audio_requests_in_flight", ())] == 1  # the scrape itself
+
+
+@needs_ffmpeg
+def test_the_non_stream_app_answers_whole_files(tmp_path, reference):
+    """A WAV with its real sizes (not a stream's unknown ones), compressed files in one piece."""
+    env = scripted_env(tmp_path, openai_default_voice="Low", scripted_token_delay_s="0.01")
+    with running_server("app_non_stream", env, tmp_path / "server.log") as whole:
+        wav = httpx.post(f"{whole.base_url}/v1/audio/speech", json={"input": TEXT, "voice": "Low", "response_format": "wav"}, timeout=30)
+        assert int(wav.headers["content-length"]) == len(wav.content)
+        assert int.from_bytes(wav.content[40:44], "little") == len(wav.content) - 44  # the data chunk's real size
+        assert soundfile.read(io.BytesIO(wav.content), dtype="float32")[0].size == reference.size
+        pcm = httpx.post(f"{whole.base_url}/v1/audio/speech", json={"input": TEXT, "voice": "Low", "response_format": "pcm"}, timeout=30)
+        assert pcm.headers["x-sample-rate"] == "24000" and len(pcm.content) // 2 == pytest.approx(reference.size * 1.5, abs=64)
+        mp3 = httpx.post(f"{whole.base_url}/chat2audio", json={"input": TEXT, "speaker": "High", "format": "mp3"}, timeout=30)
+        assert mp3.headers["content-type"] == "audio/mpeg" and int(mp3.headers["content-length"]) == len(mp3.content)
+        assert dominant_hz(decode(mp3.content, rate=16000), 16000) == pytest.approx(HIGH_HZ, abs=3)
