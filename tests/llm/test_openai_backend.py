@@ -87,7 +87,13 @@ async def test_normal_stream(stub: OpenAIStubServer, backend: OpenAIBackend) -> 
         "top_p": 0.8,
         "repetition_penalty": 1.1,
     }
-    assert stub.streams[-1].completed and not stub.streams[-1].disconnected.is_set()
+    # The SDK stops reading at [DONE]; the stub may still be writing the chunked body's end.
+    stream = stub.streams[-1]
+    for _ in range(100):
+        if stream.completed or stream.disconnected.is_set():
+            break
+        await asyncio.sleep(0.02)
+    assert stream.completed and not stream.disconnected.is_set()
 
 
 @pytest.mark.asyncio
