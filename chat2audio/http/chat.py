@@ -11,8 +11,9 @@ from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
+from chat2audio.codecs import StreamEncoder
 from chat2audio.http.encoders import (
+    AUDIO_AND_EVENT_MEDIA_TYPES,
     encoded_stream, event_stream, open_reply, text_headers, wav_stream, whole_file, whole_wav,
 )
 from chat2audio.http.errors import ClientGone
@@ -23,13 +24,12 @@ T = TypeVar("T")
 SSE_PING_S = 15  # keeps proxies from closing a quiet event stream (a long first sentence, a queue)
 
 router = protected_router()
-CHAT_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"})
 
 
 @router.post(
     "/chat2audio",
     responses={
-        200: {"content": {media_type: {} for media_type in CHAT_MEDIA_TYPES}, "description": "The spoken reply."},
+        200: {"content": {media_type: {} for media_type in AUDIO_AND_EVENT_MEDIA_TYPES}, "description": "The spoken reply."},
         415: {"model": ErrorResponse},
     },
     response_class=Response,

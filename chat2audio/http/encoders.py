@@ -24,13 +24,16 @@ from fastapi import Request
 from sse_starlette import ServerSentEvent
 
 from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
-from chat2audio.codecs import StreamEncoder
+from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import AudioChunk, ReplyFinished
 from chat2audio.protocol import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
 from chat2audio.service import ReplyEvent, ReplyStarted
 
 log = logging.getLogger(__name__)
+
+# What an audio endpoint may answer: any encoder's format, or server-sent events.
+AUDIO_AND_EVENT_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"})
 
 # Proxies commonly refuse responses whose headers exceed 4-8 KB (nginx: 502); percent-encoded
 # Chinese takes 9 bytes a character, so a long reply would not fit.
@@ -143,8 +146,8 @@ async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
             yield event(ErrorEvent(error=ErrorDetail(type=failure.type, message=failure.message)))
 
 
-async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
-    """The complete WAV, what was said, and its length in seconds."""
+async def _all_of(reply: OpenedReply) -> tuple[np.ndarray, ReplyFinished]:
+    """Every sample of the reply, and its end; a failure on the way is raised (nothing was sent)."""
     parts: list[np.ndarray] = []
     finished: ReplyFinished | None = None
     async with aclosing(reply.rest):
@@ -154,19 +157,19 @@ async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
             elif item.audio.size:
                 parts.append(item.audio)
     assert finished is not None
-    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), finished
+
+
+async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
+    """The complete WAV, what was said, and its length in seconds."""
+    samples, finished = await _all_of(reply)
     return wav_bytes(samples, reply.started.sample_rate), finished, samples.size / reply.started.sample_rate
 
 
 async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> tuple[bytes, str, int]:
     """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
     ones), its media type and its sample rate; the encoding runs on a worker thread."""
-    parts: list[np.ndarray] = []
-    async with aclosing(reply.rest):
-        async for item in reply.items():
-            if isinstance(item, AudioChunk) and item.audio.size:
-                parts.append(item.audio)
-    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    samples, _ = await _all_of(reply)
     return await asyncio.to_thread(_encode_whole, samples, reply.started.sample_rate, audio_format, output_rate)
 
 

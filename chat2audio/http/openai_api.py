@@ -25,12 +25,12 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
+from chat2audio.codecs import StreamEncoder
 from chat2audio.context import estimate_tokens
 from chat2audio.errors import InvalidInput, UnknownVoice
 from chat2audio.http.chat import SSE_PING_S, unless_client_leaves
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply, whole_file
+from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_stream, open_reply, whole_file
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyFinished, join_sentences
 from chat2audio.protocol import ChatOptions
@@ -124,10 +124,9 @@ class ChatCompletionRequest(BaseModel):
 # -- speech ----------------------------------------------------------------------------------------
 
 
-SPEECH_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"})
-
-
-@router.post("/audio/speech", response_class=Response, responses={200: {"content": {media: {} for media in SPEECH_MEDIA_TYPES}}})
+@router.post(
+    "/audio/speech", response_class=Response, responses={200: {"content": {media: {} for media in AUDIO_AND_EVENT_MEDIA_TYPES}}}
+)
 async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> Response:
     """Speak `input` in the voice's speaker, streamed as each piece is synthesized."""
     speaker = _speaker_for(service, body.voice, param="voice")
@@ -313,19 +312,22 @@ async def audio_models() -> dict[str, Any]:
 
 @router.get("/audio/voices")
 async def audio_voices(service: ServiceDep) -> dict[str, Any]:
-    """The speakers that can speak now, each with the OpenAI names it answers to."""
+    """The speakers that can speak now, each with the OpenAI names it answers to: those its file
+    claims, and, for the default voice, the stock names no file claims."""
+    speakers = service.registry.all()
+    claimed = {name.lower() for speaker in speakers for name in speaker.openai_voices}
+    unclaimed = [name for name in OPENAI_STOCK_VOICES if name not in claimed]
+
+    def aliases(speaker: Speaker) -> list[str]:
+        default = speaker.id == service.settings.openai_default_voice
+        return sorted({*speaker.openai_voices, *(unclaimed if default else [])})
+
     return {
         "voices": [
-            {"id": speaker.id, "name": speaker.display_name or speaker.id, "aliases": _aliases(service, speaker)}
-            for speaker in service.registry.all() if speaker.available
+            {"id": speaker.id, "name": speaker.display_name or speaker.id, "aliases": aliases(speaker)}
+            for speaker in speakers if speaker.available
         ]
     }
-
-
-def _aliases(service: ChatService, speaker: Speaker) -> list[str]:
-    claimed = {name.lower() for other in service.registry.all() for name in other.openai_voices}
-    default = speaker.id == service.settings.openai_default_voice
-    return sorted({*speaker.openai_voices, *(name for name in OPENAI_STOCK_VOICES if default and name not in claimed)})
 
 
 def _speaker_for(service: ChatService, voice: str | VoiceRef, *, param: str, fallback: bool = False) -> Speaker:
