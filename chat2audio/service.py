@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Union
 
 from chat2audio.admission import AdmissionControl
-from chat2audio.context import estimate_tokens, fit_history
+from chat2audio.context import TokenCounter, estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
 from chat2audio.metrics import LiveCounts, Metrics
@@ -156,12 +156,9 @@ class ChatService:
             if turn.voice is not None:
                 await self._transcribe(turn)
             messages = await self._messages(turn)
-            if turn.engine is not None and turn.speaker.voice is not None:
-                await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
-            yield ReplyStarted(request_id, turn.speaker.id, turn.sample_rate, turn.session_id, turn.transcript)
-            async with aclosing(self._speak(turn, messages, stream_first_sentence)) as items:
-                async for item in items:
-                    yield item
+            async with aclosing(self._started(turn, holding, messages, stream_first_sentence)) as events:
+                async for event in events:
+                    yield event
 
     async def reply_to_messages(
         self, request: ChatOptions, messages: list[ChatMessage], *, request_id: str = "-", stream_first_sentence: bool = True
@@ -175,22 +172,15 @@ class ChatService:
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
-            assert self.llm is not None
             own_system = [m for m in messages[:-1] if m.role == "system"]
             history = [m for m in messages[:-1] if m.role != "system"]
-            speaker_prompt = [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
-            context = self.settings.llm_context_tokens or getattr(self.llm, "context_tokens", None)
+            budget, count_tokens = self._prompt_budget(turn)
             prompt = fit_history(
-                speaker_prompt + own_system, history, messages[-1],
-                budget=None if context is None else context - turn.options.max_new_tokens,
-                count_tokens=getattr(self.llm, "count_tokens", None) or estimate_tokens,
+                self._role_prompt(turn) + own_system, history, messages[-1], budget=budget, count_tokens=count_tokens
             )
-            if turn.engine is not None and turn.speaker.voice is not None:
-                await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
-            yield ReplyStarted(request_id, turn.speaker.id, turn.sample_rate, None, None)
-            async with aclosing(self._speak(turn, prompt, stream_first_sentence)) as items:
-                async for item in items:
-                    yield item
+            async with aclosing(self._started(turn, holding, prompt, stream_first_sentence)) as events:
+                async for event in events:
+                    yield event
 
     async def speak_text(
         self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None,
@@ -215,11 +205,22 @@ class ChatService:
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
-            await holding.enter_async_context(hold_voice(turn.engine, voice))
-            yield ReplyStarted(request_id, speaker.id, turn.sample_rate, None, None)
-            async with aclosing(self._speak(turn, [], stream_first_sentence, llm=VerbatimText(text))) as items:
-                async for item in items:
-                    yield item
+            async with aclosing(self._started(turn, holding, [], stream_first_sentence, llm=VerbatimText(text))) as events:
+                async for event in events:
+                    yield event
+
+    async def _started(
+        self, turn: _Turn, holding: AsyncExitStack, messages: list[ChatMessage], stream_first_sentence: bool,
+        *, llm: LLMBackend | None = None,
+    ) -> AsyncIterator[ReplyEvent]:
+        """An admitted turn from ReplyStarted on: its voice held (in `holding`) for the whole
+        reply, then the pipeline's items."""
+        if turn.engine is not None and turn.speaker.voice is not None:
+            await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
+        yield ReplyStarted(turn.request_id, turn.speaker.id, turn.sample_rate, turn.session_id, turn.transcript)
+        async with aclosing(self._speak(turn, messages, stream_first_sentence, llm=llm)) as items:
+            async for item in items:
+                yield item
 
     def _resolve(self, request: ChatOptions, text: str | None, voice: VoiceInput | None, request_id: str) -> _Turn:
         if (text is None) == (voice is None):
@@ -255,14 +256,22 @@ class ChatService:
         turn.user_input = turn.transcript
 
     async def _messages(self, turn: _Turn) -> list[ChatMessage]:
+        budget, count_tokens = self._prompt_budget(turn)
+        return await self.conversations.messages(
+            turn.speaker.id, turn.session_id, self._role_prompt(turn), ChatMessage("user", turn.user_input),
+            budget=budget, count_tokens=count_tokens,
+        )
+
+    def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
+        return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
+
+    def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter]:
+        """Tokens the prompt may take (the context less the reply's room; None: unknown), and how
+        to count them (the model's own tokenizer where it has one)."""
         assert self.llm is not None
         context = self.settings.llm_context_tokens or getattr(self.llm, "context_tokens", None)
-        system = [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
-        return await self.conversations.messages(
-            turn.speaker.id, turn.session_id, system, ChatMessage("user", turn.user_input),
-            budget=None if context is None else context - turn.options.max_new_tokens,
-            count_tokens=getattr(self.llm, "count_tokens", None) or estimate_tokens,
-        )
+        budget = None if context is None else context - turn.options.max_new_tokens
+        return budget, getattr(self.llm, "count_tokens", None) or estimate_tokens
 
     async def _speak(
         self, turn: _Turn, messages: list[ChatMessage], stream_first_sentence: bool, *, llm: LLMBackend | None = None
