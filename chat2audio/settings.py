@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 2**20, ge=1024, description="largest accepted voice upload")
 
     device: str = "auto"
+    tts_precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        "auto",
+        description="GPT-SoVITS weights' precision: auto = the fastest faithful one the device supports "
+        "(CUDA: fp16; CPU: int8 GPT and BERT, bf16 vocoder where the CPU has AVX512-BF16, else fp32)",
+    )
     tts_cache_size: int = Field(
         2, ge=1, description="idle GPT-SoVITS voices kept loaded (LRU); voices of running replies are never evicted"
     )

@@ -281,7 +281,8 @@ class SentenceBatcher:
         prepared = sentence.prepared = self.cache.prepare(voice)
         reference = tts.prompt_audio_cache[prepared.key]
         text = sentence.text if tts._check_pause(sentence.text) else sentence.text + "."
-        phones, _, bert, _ = get_phones_and_bert(text, tts.tts_config, voice.target_language)
+        with self.stats.timing("text"):
+            phones, _, bert, _ = get_phones_and_bert(text, tts.tts_config, voice.target_language)
         device = tts.tts_config.device
         semantic_prompt = reference["prompt"]
         x = torch.LongTensor(reference["phones1"] + phones).to(device).unsqueeze(0)
@@ -301,10 +302,13 @@ class SentenceBatcher:
         if slot == batch.capacity:
             batch.grow(min(self.max_batch, 2 * batch.capacity))
 
-        bert_features = torch.cat([reference["bert1"], bert]).unsqueeze(0)
-        xy_pos, prompt_mask = t2s.process_single_data(x, semantic_prompt, bert_features)
-        here = slice(slot, slot + 1)
-        out = t2s.t2s_transformer.process_prompt(xy_pos, batch.k[:, here], batch.v[:, here], batch.lengths[here], prompt_mask)
+        with self.stats.timing("gpt_prompt"):
+            bert_features = torch.cat([reference["bert1"], bert]).unsqueeze(0)
+            xy_pos, prompt_mask = t2s.process_single_data(x, semantic_prompt, bert_features)
+            here = slice(slot, slot + 1)
+            out = t2s.t2s_transformer.process_prompt(
+                xy_pos, batch.k[:, here], batch.v[:, here], batch.lengths[here], prompt_mask
+            )
         batch.mask[slot] = False
         batch.mask[slot, ..., : xy_pos.shape[1]] = True
         logits = t2s.ar_predict_layer(out[:, -1])
@@ -326,11 +330,12 @@ class SentenceBatcher:
         lengths, index = batch.lengths[:count], batch.slot_index[:count]
         batch.mask[index, 0, 0, lengths] = True  # each row also attends to the token it adds now
         span = min(self.max_context, -(-(int(lengths.max()) + 1) // ATTENTION_STEP) * ATTENTION_STEP)
-        out = t2s.t2s_transformer.decode_next_token(
-            torch.cat([row.next_input for row in rows]),
-            batch.k[:, :count, :, :span], batch.v[:, :count, :, :span], lengths, batch.mask[:count, :, :, :span], index,
-        )  # advances `lengths` in place
-        logits = t2s.ar_predict_layer(out[:, -1])
+        with self.stats.timing("gpt_step"):
+            out = t2s.t2s_transformer.decode_next_token(
+                torch.cat([row.next_input for row in rows]),
+                batch.k[:, :count, :, :span], batch.v[:, :count, :, :span], lengths, batch.mask[:count, :, :, :span], index,
+            )  # advances `lengths` in place
+            logits = t2s.ar_predict_layer(out[:, -1])
 
         vocoding: list[tuple[Sentence, int, bool]] = []
         samples = []
@@ -356,7 +361,9 @@ class SentenceBatcher:
         for row, tokens, final in sorted(vocoding, key=lambda job: job[0].deadline):
             if row.cancelled.is_set():
                 continue
-            audio = self._vocode(row, tokens, final)
+            with self.stats.timing("vocoder"):
+                audio = self._vocode(row, tokens, final)
+            self.stats.vocoded_audio_s += audio.size / self.cache.tts.samplerate
             if audio.size:
                 row.send(audio)
             if final:

@@ -58,12 +58,14 @@ class GPTSoVITSEngine:
         max_context: int = 1024,
         stream_chunk_tokens: int = 25,
         max_batch: int = 8,
+        precision: str = "auto",
     ) -> None:
         """`min_tokens + tokens_per_phone × phonemes` bounds each sentence's GPT tokens (25 = 1 s of
         speech; real speech is ~3 per phoneme), and `max_context` the prompt plus generation."""
         self.models_dir = Path(models_dir)
         self.device_setting = device
         self.use_bert = use_bert
+        self.precision_setting = precision
         self.stream_chunk_tokens = stream_chunk_tokens
         self.stats = EngineStats()
         self.device: str | None = None
