@@ -26,6 +26,11 @@ class TestingSettings(BaseModel):
     tts_scheduling: Literal["deadline", "fifo"] = Field(
         "deadline", description="fifo = sentences synthesized in the order they come (before deadlines); for benchmarks"
     )
+    gpt_sovits_tokens_per_phone: float | None = Field(
+        None, gt=0,
+        description="GPT-SoVITS token budget per phoneme (unset: the engine's 6). A random-weight GPT never says "
+        "EOS, so tests and benchmarks set ~3, a real voice's rate, to get speech of a real length",
+    )
 
 
 class Settings(BaseSettings):
