@@ -57,6 +57,11 @@ SPARE_COLUMNS = 128
 # Nucleus sampling looks at this many most likely tokens first (the whole vocabulary only if
 # their probabilities do not add up to top_p).
 NUCLEUS_CANDIDATES = 256
+# A temperature below this is greedy. It could only change the draw where two logits are within
+# about 1e-4 of each other (a gap of 1e-3 divided by 1e-5 leaves the runner-up odds of e^-100),
+# which is the rounding noise of the logits themselves; far below it, the scaled logits overflow
+# float32 (8e-38 and 1e-320 both gave inf and NaN).
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(eq=False)
@@ -75,6 +80,8 @@ class _Reply:
     # penalty; made at the first penalised sampling.
     seen: set[int] | None = None
     seen_ids: Any = None
+    # A seeded reply's own random numbers (None: torch's global generator).
+    generator: Any = None
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
@@ -270,8 +277,12 @@ class ContinuousBatcher:
             if not self._batch.replies:
                 self._batch = None
 
-    def _take(self, reply: _Reply, token: int) -> None:
-        """Record a sampled token: send new text, finish the reply at its end or limit."""
+    def _take(self, reply: _Reply, token: int | None) -> None:
+        """Record a sampled token: send new text, finish the reply at its end or limit, or fail
+        it alone if it got no token."""
+        if token is None:
+            _fail(reply, LLMError("the LLM could not pick the reply's next token; see the server log", status=500))
+            return
         self.tokens_generated += 1
         ended = token in self.eos_ids
         if not ended:
@@ -496,17 +507,39 @@ def _shared_prefix(prompts: Sequence[list[int]]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int]:
+def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int | None]:
     """The next token of each row ([rows, vocabulary] logits), each under its reply's own
-    settings: repetition penalty over what it has seen, then greedy (temperature 0) or
-    temperature + nucleus (top_p) sampling."""
+    settings: repetition penalty over what it has seen, then greedy (temperature under
+    GREEDY_BELOW_TEMPERATURE) or temperature + nucleus (top_p) sampling.
+
+    Each row is sampled on its own, so that a row that yields no token (no finite score, or a
+    draw that fails) gets None and ends alone: the other rows of the batch go on."""
+    import torch
+
     scores = logits.float()
     _penalise_repetitions(scores, replies)
-    tokens = scores.argmax(-1).tolist()
+    # NaN is no candidate and +inf the best one, so that one broken score neither wins the argmax
+    # nor poisons a row's softmax; a row left with no finite score has no next token.
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+    best = scores.max(-1)
+    tokens: list[int | None] = best.indices.tolist()
+    usable = torch.isfinite(best.values).tolist()
     for i, reply in enumerate(replies):
-        if reply.options.temperature > 0:
-            tokens[i] = _draw(scores[i], reply.options)
+        if not usable[i]:
+            log.error("LLM row has no finite score; ending that reply")
+            tokens[i] = None
+        elif _samples(reply.options):
+            try:
+                tokens[i] = _draw(scores[i], reply.options, reply.generator)
+            except Exception:
+                log.exception("LLM sampling failed for one reply; ending that reply")
+                tokens[i] = None
     return tokens
+
+
+def _samples(options: GenerationOptions) -> bool:
+    """Whether a reply samples (False for greedy, and for a NaN temperature)."""
+    return options.temperature >= GREEDY_BELOW_TEMPERATURE
 
 
 def _penalise_repetitions(scores: Any, replies: Sequence[_Reply]) -> None:
@@ -531,14 +564,19 @@ def _penalise_repetitions(scores: Any, replies: Sequence[_Reply]) -> None:
     scores[row_index, columns] = torch.where(picked < 0, picked * penalty, picked / penalty)
 
 
-def _draw(scores: Any, options: GenerationOptions) -> int:
+def _draw(scores: Any, options: GenerationOptions, generator: Any) -> int:
+    """One token drawn from a row's finite-best scores; `generator` (None: torch's global one)
+    makes a seeded reply's draws its own, whatever else shares the batch."""
     import torch
 
-    probs = torch.softmax(scores / options.temperature, dim=-1)
+    # Scaled from the row's best score, so that no temperature overflows: the best token weighs
+    # exp(0) = 1 and the others less; -inf / inf (an infinite temperature) is NaN: no candidate.
+    scaled = ((scores - scores.max()) / options.temperature).nan_to_num(nan=float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if options.top_p >= 1.0:
-        return int(torch.multinomial(probs, 1))
+        return int(torch.multinomial(probs, 1, generator=generator))
     candidates, ids = _nucleus(probs, options.top_p)
-    return int(ids[torch.multinomial(candidates, 1)])
+    return int(ids[torch.multinomial(candidates, 1, generator=generator)])
 
 
 def _nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:

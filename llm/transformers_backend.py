@@ -20,7 +20,7 @@ from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
-from llm.batching import ContinuousBatcher
+from llm.batching import GREEDY_BELOW_TEMPERATURE, ContinuousBatcher
 from llm.embedded import EMBEDDED_PACKAGE
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class TransformersBackend:
 
         streamer = IncrementalDetokenizer(tokenizer, lambda text: emit(TextPiece(text)))
 
-        sampling = options.temperature > 0
+        sampling = options.temperature >= GREEDY_BELOW_TEMPERATURE  # colder overflows; see there
         generation_kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_new_tokens,
             "do_sample": sampling,
