@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.stops import StopStrings
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,16 @@ class _Reply:
     prompt: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
+    stops: StopStrings = field(init=False)
     # The distinct tokens of the prompt and reply so far (set and tensor), for the repetition
     # penalty; made at the first penalised sampling.
     seen: set[int] | None = None
     seen_ids: Any = None
     # A seeded reply's own random numbers (None: torch's global generator).
     generator: Any = None
+
+    def __post_init__(self) -> None:
+        self.stops = StopStrings(self.options.stop)
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
@@ -188,6 +193,8 @@ class ContinuousBatcher:
         for reply in newcomers:
             try:
                 reply.prompt = _chat_ids(self.tokenizer, reply.messages)
+                if reply.options.seed is not None:
+                    reply.generator = torch.Generator(self.device).manual_seed(torch_seed(reply.options.seed))
                 readable.append(reply)
             except Exception:
                 log.exception("LLM prompt failed")
@@ -292,11 +299,16 @@ class ContinuousBatcher:
         # detokenizer's edge cases.
         text = self.tokenizer.decode(reply.generated, skip_special_tokens=True)
         # Hold back a character still being built from several tokens (U+FFFD), unless done.
-        if len(text) > reply.sent_chars and (ended or limit or not text.endswith("\ufffd")):
-            reply.send(TextPiece(text[reply.sent_chars :]))
-            reply.sent_chars = len(text)
-        if ended or limit:
-            reply.send(TextPiece("", finish_reason="length" if limit and not ended else "stop"))
+        if not (ended or limit) and text.endswith("\ufffd"):
+            return
+        end = reply.stops.releasable(text, reply.sent_chars)
+        if not reply.stops.stopped and (ended or limit):
+            end = len(text)  # a tail that looked like a stop string's start is text after all
+        if end > reply.sent_chars:
+            reply.send(TextPiece(text[reply.sent_chars : end]))
+            reply.sent_chars = end
+        if ended or limit or reply.stops.stopped:
+            reply.send(TextPiece("", finish_reason="length" if limit and not (ended or reply.stops.stopped) else "stop"))
             reply.send(_END)
             reply.cancelled.set()  # done: leaves the batch like a hung-up reply
 
@@ -592,6 +604,11 @@ def _nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
         count = min(count * 8, probs.shape[-1])
     top[top.cumsum(0) - top > top_p] = 0.0
     return top, ids
+
+
+def torch_seed(seed: int) -> int:
+    """Any integer as a torch seed (which must fit in 64 bits)."""
+    return seed % 2**64
 
 
 def _chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:

@@ -94,3 +94,71 @@ def test_extreme_temperatures_never_give_nan_odds():
         scores = torch.tensor([[3e38, -3e38, 0.0, float("-inf")]])
         token = batching.sample_next(scores, [_row(options)])[0]
         assert token in {0, 1, 2}
+
+
+def _sampled(seed: int | None, **changes) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=16, temperature=1.5, top_p=0.95, repetition_penalty=1.0, seed=seed, **changes)
+
+
+async def test_a_seeded_reply_is_the_same_whatever_shares_its_batch(model_dir, tmp_path):
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    try:
+        alone = await reply(batched, QUESTIONS[0], _sampled(seed=7))
+        # Beside other sampled replies (which draw from the global generator) and itself.
+        together = await asyncio.gather(
+            reply(batched, QUESTIONS[1], _sampled(seed=None)),
+            reply(batched, QUESTIONS[0], _sampled(seed=7)),
+            reply(batched, QUESTIONS[2], _sampled(seed=None)),
+            reply(batched, QUESTIONS[0], _sampled(seed=7)),
+        )
+        other_seed = await reply(batched, QUESTIONS[0], _sampled(seed=8))
+    finally:
+        await batched.stop()
+    assert together[1] == together[3] == alone
+    assert other_seed != alone
+
+
+async def test_a_seeded_reply_is_reproducible_on_the_serial_path(model_dir, tmp_path):
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    try:
+        first = await reply(serial, QUESTIONS[0], _sampled(seed=7))
+        await reply(serial, QUESTIONS[0], _sampled(seed=None))  # moves the global generator on
+        again = await reply(serial, QUESTIONS[0], _sampled(seed=7))
+    finally:
+        await serial.stop()
+    assert first == again
+
+
+async def _pieces(backend: TransformersBackend, question: str, options: GenerationOptions) -> list[str]:
+    messages = [ChatMessage("system", "You are a sailor."), ChatMessage("user", question)]
+    async with aclosing(backend.stream_chat(messages, options)) as stream:
+        return [piece.text async for piece in stream]
+
+
+@pytest.mark.parametrize("max_batch", [4, 1], ids=["batched", "serial"])
+async def test_a_stop_string_spanning_pieces_ends_the_reply_before_it(model_dir, tmp_path, max_batch):
+    backend = await started(model_dir, tmp_path, max_batch=max_batch)
+    try:
+        pieces = [piece for piece in await _pieces(backend, QUESTIONS[2], GREEDY) if piece]
+        # A stop string made of the end of one piece and the start of the next, past the first.
+        at = next(i for i in range(1, len(pieces) - 1) if len(pieces[i]) >= 2 and pieces[i + 1])
+        stop = pieces[at][-2:] + pieces[at + 1][:1]
+        full = "".join(pieces)
+        stopping = GenerationOptions(max_new_tokens=16, temperature=0.0, repetition_penalty=1.0, stop=("never", stop))
+        results = await asyncio.gather(reply(backend, QUESTIONS[2], stopping), reply(backend, QUESTIONS[0]))
+        alone_other = await reply(backend, QUESTIONS[0])
+    finally:
+        await backend.stop()
+    assert results[0] == (full[: full.index(stop)], "stop")
+    assert results[1] == alone_other  # the reply beside it is untouched
+
+
+async def test_a_stop_string_that_never_comes_holds_nothing_back_at_the_end(model_dir, tmp_path):
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    try:
+        full, finish = await reply(batched, QUESTIONS[1])
+        # The reply's last three characters start this stop string: held back until the reply ends.
+        stop = full[-3:] + "\x00never"
+        assert await reply(batched, QUESTIONS[1], GenerationOptions(**{**GREEDY.__dict__, "stop": (stop,)})) == (full, finish)
+    finally:
+        await batched.stop()
