@@ -1,10 +1,12 @@
 """Continuous batching for an in-process causal LM: concurrent replies share decode steps.
 
-One thread owns the model. Each step it lets newcomers in, runs one forward pass for every
-running reply, samples each row with that reply's own settings, and hands each reply its new
-text. A reply leaves at its end, its token limit, or the step after its client hung up: its slot
-is free at once. Newcomers are let in before the next step, since a new reply has no audio
-buffered at its client while the running ones do.
+One thread owns the model. Each step it lets newcomers in, runs a forward pass for the running
+replies, samples each row on its own with that reply's own settings (a row that yields no token
+ends alone), hands each reply its new text, then computes about PREFILL_CHUNK_TOKENS of the
+newcomers' prompts. A reply leaves at its end, its token limit, a stop string, or the step after
+its client hung up: its slot is free at once. A newcomer's prompt goes first at the next step,
+since a new reply has no audio buffered at its client while the running ones do; but a long one
+is computed a chunk per step, so that the running replies slow down instead of stopping.
 
 Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module does about it:
 
@@ -16,7 +18,8 @@ Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module do
 - A decode step mostly reads the weights: 8 rows take ~1.6 times as long as one. The KV cache
   (`_Rows`) has spare columns: a step writes its column in place, where transformers'
   DynamicCache copies the whole cache (torch.cat) per layer per step; a leaving row is replaced
-  by the last row instead of copying all the others.
+  by the last row instead of copying all the others. Rows whose lengths differ too much decode
+  in separate passes (buckets), so that short rows are not padded to a long prompt's length.
 - Sampling works on the [rows, vocabulary] logits: the repetition penalty is one gather and one
   scatter for all rows, and nucleus sampling sorts only the most likely tokens (`_nucleus`),
   not the whole vocabulary (which took ~4 ms a row).
@@ -34,7 +37,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +53,16 @@ _END = object()
 # reply, and newcomers share a pass even if that pads their prompts by a few tokens.
 PASS_COST_TOKENS = 32
 MIN_SHARED_PREFIX = PASS_COST_TOKENS
-# Newcomers prefilled in one forward pass hold at most this many (padded) prompt tokens, which
-# bounds the activations' memory; a newcomer with a longer prompt is prefilled alone.
-MAX_PREFILL_TOKENS = 4096
+# Newcomers' prompts are computed about this many tokens per step, between the running rows'
+# steps: a long prompt is cut into passes of this many tokens, and newcomers share a pass only
+# if their (padded) prompts fit in it. Smaller keeps the running replies' pace closer to their
+# own; larger admits a long prompt sooner (see bench/llm_prefill.py).
+PREFILL_CHUNK_TOKENS = 256
+# Rows decode in one pass, their caches left-padded to the longest, while the padding is at
+# most their real columns or this many columns: a short row never holds a long one's length
+# in padding (8 rows beside an 8k-token prompt held ~3 GB), and a few thousand columns cost
+# less than a pass of their own.
+PADDING_ALLOWANCE_COLUMNS = 2048
 # Columns a row-cache grows by when a step runs out of room (one copy per this many steps).
 SPARE_COLUMNS = 128
 # Nucleus sampling looks at this many most likely tokens first (the whole vocabulary only if
@@ -109,22 +119,30 @@ class ContinuousBatcher:
         self.eos_ids = eos_ids
         self.tokens_generated = 0
         self._inbox: queue.Queue[_Reply | None] = queue.Queue()
-        self._joining: list[_Reply] = []
-        self._batch: _Rows | None = None
+        # Newcomers whose prompts are being computed, a pass per step; replaced, never mutated,
+        # since `active` reads it from other threads.
+        self._prefills: list[_PrefillJob] = []
+        # The running rows in groups that decode in one pass each (see `_Rows.accepts`).
+        self._buckets: list[_Rows] = []
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
     @property
     def _rows(self) -> list[_Reply]:
-        batch = self._batch  # read once: `active` reads this from other threads
-        return batch.replies if batch is not None else []
+        return [reply for bucket in list(self._buckets) for reply in bucket.replies]
 
     @property
     def active(self) -> int:
         """Replies decoding, being prefilled or waiting to join (a finished or hung-up row is not
         counted, even in the moment before the batch thread drops it)."""
-        running = {*self._rows, *self._joining}  # a newcomer is in both while it joins
+        prefilling = [reply for job in self._prefills for reply in job.replies]
+        running = {*self._rows, *prefilling}  # a newcomer is in both while it joins
         return sum(1 for reply in running if not reply.cancelled.is_set()) + self._inbox.qsize()
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Memory held by the running rows' KV caches (padding and spare columns included)."""
+        return sum(bucket.nbytes for bucket in list(self._buckets))
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
@@ -148,27 +166,32 @@ class ContinuousBatcher:
 
         with torch.inference_mode():
             while self._admit():
-                if not self._rows:
-                    continue
                 try:
+                    # Running rows take a step, then newcomers' prompts take about
+                    # PREFILL_CHUNK_TOKENS: a long prompt slows the running replies down for a
+                    # while, it never stops them.
                     self._step()
+                    self._prefill_some()
                 except Exception:  # a failed step fails its replies, never the thread
                     log.exception("LLM decode step failed")
                     self._fail_all(LLMError("the LLM failed while writing the reply; see the server log", status=500))
 
     def _fail_all(self, error: LLMError) -> None:
-        for reply in self._rows:
+        for reply in [*self._rows, *(reply for job in self._prefills for reply in job.replies)]:
             if not reply.cancelled.is_set():
                 _fail(reply, error)
-        self._batch = None
+        self._buckets, self._prefills = [], []
 
     def _admit(self) -> bool:
-        """Let every waiting newcomer in (blocking while idle); False once closed."""
+        """Let every waiting newcomer in (blocking while idle) and plan its prefill; False once closed."""
+        import torch
+
+        waiting = len(self._rows) + sum(len(job.replies) for job in self._prefills)
         newcomers: list[_Reply] = []
         open_ = True
-        while len(self._rows) + len(newcomers) < self.max_batch:
+        while waiting + len(newcomers) < self.max_batch:
             try:
-                reply = self._inbox.get(block=not self._rows and not newcomers)
+                reply = self._inbox.get(block=not waiting and not newcomers)
             except queue.Empty:
                 break
             if reply is None:
@@ -176,19 +199,8 @@ class ContinuousBatcher:
                 break
             if not reply.cancelled.is_set():
                 newcomers.append(reply)
-        if newcomers and open_:
-            self._joining = newcomers
-            try:
-                self._join(newcomers)
-            finally:
-                self._joining = []
-        return open_
-
-    def _join(self, newcomers: list[_Reply]) -> None:
-        """Prefill the newcomers (together where that saves work), add them to the batch and
-        give each its first token. A newcomer whose prompt fails is told; the rest go on."""
-        import torch
-
+        if not open_:
+            return False
         readable = []
         for reply in newcomers:
             try:
@@ -199,53 +211,85 @@ class ContinuousBatcher:
             except Exception:
                 log.exception("LLM prompt failed")
                 _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
-        prefilled = [part for group in _plan_prefill(readable) for part in self._prefill_or_fail(group)]
-        joined = [reply for part in prefilled for reply in part.replies]
+        self._prefills = [*self._prefills, *(self._job(group) for group in _plan_prefill(readable))]
+        return True
+
+    def _job(self, group: list[_Reply]) -> _PrefillJob:
+        return _PrefillJob(group, self._prefill_passes(group))
+
+    def _prefill_some(self) -> None:
+        """Newcomers' prompt passes, first come first served, until about PREFILL_CHUNK_TOKENS
+        are computed; a newcomer whose prompt is done joins the running rows."""
+        computed = 0
+        while self._prefills and computed < PREFILL_CHUNK_TOKENS:
+            job = self._prefills[0]
+            if all(reply.cancelled.is_set() for reply in job.replies):  # nobody waits for it
+                self._prefills = self._prefills[1:]
+                continue
+            try:
+                computed += next(job.passes)
+                continue
+            except StopIteration as done:
+                prefill: _Prefill = done.value
+            except Exception:
+                log.exception("LLM prefill failed")
+                # Each newcomer alone, so that only a reply at fault fails (or all of them, if
+                # the model is at fault).
+                alone = [self._job([reply]) for reply in job.replies] if len(job.replies) > 1 else []
+                self._prefills = [*alone, *self._prefills[1:]]
+                if not alone:
+                    _fail(job.replies[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
+                continue
+            self._prefills = self._prefills[1:]
+            computed += prefill.last_pass_tokens
+            self._join(prefill)
+
+    def _join(self, prefill: _Prefill) -> None:
+        """Add prefilled newcomers to the running rows and give each its first token."""
         try:
-            if joined:
-                logits = torch.cat([part.logits for part in prefilled])
-                self._batch = _Rows.gather(self._batch, joined, [row for part in prefilled for row in part.rows])
-                for reply, token in zip(joined, sample_next(logits, joined)):
-                    self._take(reply, token)
+            for reply, row in zip(prefill.replies, prefill.rows):
+                length = row[0][0].shape[1]
+                bucket = min(
+                    (bucket for bucket in self._buckets if bucket.accepts(length)),
+                    key=lambda bucket: bucket.padding_with(length), default=None,
+                )
+                joined = _Rows.gather(bucket, [reply], [row])
+                self._buckets = [joined if other is bucket else other for other in self._buckets]
+                if bucket is None:
+                    self._buckets = [*self._buckets, joined]
+            for reply, token in zip(prefill.replies, sample_next(prefill.logits, prefill.replies)):
+                self._take(reply, token)
         except Exception:  # the newcomers fail; the running rows go on
             log.exception("LLM prefill failed")
-            for reply in joined:
+            for reply in prefill.replies:
                 if not reply.cancelled.is_set():
                     _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
 
-    def _prefill_or_fail(self, group: list[_Reply]) -> list[_Prefill]:
-        """The group's prefill; if it fails, each reply's alone, so that only a reply at fault
-        fails (or all of them, if the model is at fault)."""
-        try:
-            return [self._prefill(group)]
-        except Exception:
-            log.exception("LLM prefill failed")
-        if len(group) > 1:
-            return [part for reply in group for part in self._prefill_or_fail([reply])]
-        _fail(group[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
-        return []
+    def _prefill_passes(self, group: list[_Reply]) -> Generator[int, None, _Prefill]:
+        """The group's prompts, one forward pass per `next` (yielding the tokens it computed),
+        returning each one's KV cache and first logits.
 
-    def _prefill(self, group: list[_Reply]) -> _Prefill:
-        """One forward pass over the group's prompts (right-padded: no mask needed, as every real
-        token only looks back at real tokens), after the prefix they share; that prefix is
-        copied from a running row that holds it, else computed once."""
+        The prefix the group shares is copied from a running row that holds it, else computed
+        once, in passes of PREFILL_CHUNK_TOKENS; then each prompt's own part takes one pass,
+        right-padded (no mask needed, as every real token only looks back at real tokens). A
+        lone prompt is all prefix but the part that its last pass computes."""
         from transformers import DynamicCache
 
         alone = len(group) == 1
+        first = group[0].prompt
         shared = 0 if alone else _shared_prefix([reply.prompt for reply in group])
-        donor, copied = 0, 0
-        if self._batch is not None:
-            reach = len(group[0].prompt) - 1 if alone else shared
-            donor, copied = self._batch.prefix_donor(group[0].prompt, limit=reach)
-        if alone:
-            shared = copied  # a lone newcomer computes the rest of its prompt in one pass
-        cache = DynamicCache(ddp_cache_data=self._batch.prefix(donor, copied)) if copied else DynamicCache()
-        if shared > copied:
+        # Read in the same `next` as the first pass (which copies it): a running row can move.
+        donor, row, copied = self._prefix_donor(first, limit=len(first) - 1 if alone else shared)
+        if alone:  # whole chunks, then a last pass of what is left (1 to PREFILL_CHUNK_TOKENS)
+            shared = copied + (len(first) - copied - 1) // PREFILL_CHUNK_TOKENS * PREFILL_CHUNK_TOKENS
+        cache = DynamicCache(ddp_cache_data=donor.prefix(row, copied)) if donor is not None else DynamicCache()
+        for start in range(copied, shared, PREFILL_CHUNK_TOKENS):
+            end = min(start + PREFILL_CHUNK_TOKENS, shared)
             self.model(
-                input_ids=self._tensor([group[0].prompt[copied:shared]]),
-                position_ids=self._positions(copied, shared - copied, 1),
+                input_ids=self._tensor([first[start:end]]), position_ids=self._positions(start, end - start, 1),
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
+            yield end - start
         if not alone and shared:
             cache.batch_repeat_interleave(len(group))
         rests = [reply.prompt[shared:] for reply in group]
@@ -262,27 +306,45 @@ class ContinuousBatcher:
             [(layer.keys[i, :, : len(reply.prompt)], layer.values[i, :, : len(reply.prompt)]) for layer in cache.layers]
             for i, reply in enumerate(group)
         ]
-        return _Prefill(group, rows, logits)
+        return _Prefill(group, rows, logits, last_pass_tokens=len(group) * width)
+
+    def _prefix_donor(self, prompt: list[int], limit: int) -> tuple[_Rows | None, int, int]:
+        """The running row whose prompt shares the longest prefix with `prompt` (at most `limit`
+        tokens, and none under MIN_SHARED_PREFIX): its bucket, its row there, and that length."""
+        best: tuple[_Rows | None, int, int] = (None, 0, 0)
+        for bucket in self._buckets:
+            row, length = bucket.prefix_donor(prompt, limit)
+            if length > best[2]:
+                best = (bucket, row, length)
+        return best
 
     def _step(self) -> None:
+        """One token for every running row: a forward pass per bucket, then each row sampled on
+        its own. A bucket whose pass fails fails its rows; the other buckets go on."""
+        import torch
+
         self._prune()
-        if not self._rows:
-            return
-        assert self._batch is not None
-        replies = list(self._rows)
-        last = self._tensor([[reply.generated[-1]] for reply in replies])
-        logits = self._batch.decode(self.model, last)
-        for reply, token in zip(replies, sample_next(logits, replies)):
-            if not reply.cancelled.is_set():
-                self._take(reply, token)
+        replies, logits = [], []
+        for bucket in self._buckets:
+            try:
+                logits.append(bucket.decode(self.model, self._tensor([[reply.generated[-1]] for reply in bucket.replies])))
+                replies += bucket.replies
+            except Exception:
+                log.exception("LLM decode step failed")
+                for reply in bucket.replies:
+                    _fail(reply, LLMError("the LLM failed while writing the reply; see the server log", status=500))
+        if replies:
+            for reply, token in zip(replies, sample_next(torch.cat(logits), replies)):
+                if not reply.cancelled.is_set():
+                    self._take(reply, token)
         self._prune()
 
     def _prune(self) -> None:
         """Rows that ended or whose client hung up leave the batch (their slots free at once)."""
-        if self._batch is not None:
-            self._batch.drop([i for i, reply in enumerate(self._batch.replies) if reply.cancelled.is_set()])
-            if not self._batch.replies:
-                self._batch = None
+        for bucket in self._buckets:
+            bucket.drop([i for i, reply in enumerate(bucket.replies) if reply.cancelled.is_set()])
+        if not all(bucket.replies for bucket in self._buckets):
+            self._buckets = [bucket for bucket in self._buckets if bucket.replies]
 
     def _take(self, reply: _Reply, token: int | None) -> None:
         """Record a sampled token: send new text, finish the reply at its end or limit, or fail
@@ -331,16 +393,26 @@ def _fail(reply: _Reply, error: LLMError) -> None:
 
 @dataclass
 class _Prefill:
-    """Newcomers after their prompt's forward pass: each one's KV cache ([heads, prompt, dim]
+    """Newcomers after their prompt's forward passes: each one's KV cache ([heads, prompt, dim]
     per layer) and the logits of its first token."""
 
     replies: list[_Reply]
     rows: list[list[tuple[Any, Any]]]
     logits: Any
+    last_pass_tokens: int
+
+
+@dataclass
+class _PrefillJob:
+    """Newcomers prefilled together, and the passes of theirs still to run."""
+
+    replies: list[_Reply]
+    passes: Generator[int, None, _Prefill]
 
 
 class _Rows:
-    """The running rows' KV cache, left-padded so that every row ends at the same column.
+    """Running rows that decode in one pass (a bucket), their KV cache left-padded so that every
+    row ends at the same column.
 
     Per layer, keys and values live in buffers [rows, heads, columns + spare, dim]; `cache` is
     a transformers Cache over them whose layers write a step's column in place. `starts[i]` is
@@ -356,6 +428,22 @@ class _Rows:
     @property
     def length(self) -> int:
         return self.cache.layers[0].length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.key_buffer.nbytes + layer.value_buffer.nbytes for layer in self.cache.layers)
+
+    def padding_with(self, length: int) -> int:
+        """The padding columns (all rows together) with a row of `length` columns added."""
+        longest = max(self.length, length)
+        return longest * (len(self.replies) + 1) - self._real_columns(length)
+
+    def accepts(self, length: int) -> bool:
+        """Whether a row of `length` columns may join (see PADDING_ALLOWANCE_COLUMNS)."""
+        return self.padding_with(length) <= max(self._real_columns(length), PADDING_ALLOWANCE_COLUMNS)
+
+    def _real_columns(self, added: int) -> int:
+        return sum(self.length - start for start in self.starts) + added
 
     @classmethod
     def gather(cls, batch: _Rows | None, replies: list[_Reply], rows: list[list[tuple[Any, Any]]]) -> _Rows:
@@ -494,7 +582,8 @@ def _plan_prefill(replies: list[_Reply]) -> list[list[_Reply]]:
         for group in groups:
             prompts = [*(member.prompt for member in group), reply.prompt]
             added = _prefill_cost(prompts) - _prefill_cost(prompts[:-1])
-            fits = len(prompts) * max(len(p) for p in prompts) <= MAX_PREFILL_TOKENS
+            shared = _shared_prefix(prompts)
+            fits = len(prompts) * max(len(p) - shared for p in prompts) <= PREFILL_CHUNK_TOKENS
             if added < best_added and fits:
                 best, best_added = group, added
         if best is None:

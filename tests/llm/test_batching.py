@@ -302,3 +302,72 @@ async def test_a_failing_decode_step_fails_its_replies_and_the_next_reply_still_
     finally:
         model.forward = real_forward
         await batched.stop()
+
+
+# A system prompt of ~3 KB: its prefill is many times a decode step's work.
+LOGBOOK = " ".join(
+    f"Day {day}: wind from the {side}, {knots} knots; we sighted the {sight} and kept our course."
+    for day, side, knots, sight in zip(
+        range(1, 41), ["north", "east", "south", "west"] * 10, range(5, 45), ["Grey Cape", "Saltmere light", "gulls", "fleet"] * 10
+    )
+)
+
+
+async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(batching, "PREFILL_CHUNK_TOKENS", 64, raising=False)
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    long_alone = await reply(serial, QUESTIONS[0], GREEDY, LOGBOOK)
+    running_alone = await reply(serial, QUESTIONS[1], GreedyFor(60))
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    passes = _record_forward_passes(batched)
+    long_prompt = batched.count_tokens([ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[0])])
+    try:
+        running = batched.stream_chat([ChatMessage("system", "You are a sailor."), ChatMessage("user", QUESTIONS[1])], GreedyFor(60))
+        first = await anext(running)  # decoding
+        seen_before = len(passes.shapes)
+        newcomer = await reply(batched, QUESTIONS[0], GREEDY, LOGBOOK)
+        rest = [piece async for piece in running]
+        admitted = passes.shapes[seen_before:]
+    finally:
+        await batched.stop()
+    assert long_prompt > 8 * 64
+    assert newcomer == long_alone  # chunked, it is token for token what one pass makes
+    assert first.text + "".join(piece.text for piece in rest) == running_alone[0]
+    prompt_passes = [i for i, (rows, width) in enumerate(admitted) if width > 1]
+    assert sum(admitted[i][1] for i in prompt_passes) >= long_prompt - 1
+    assert all(admitted[i][1] <= 64 for i in prompt_passes)
+    # The running reply took a step between each two of the newcomer's passes.
+    assert all((1, 1) in admitted[a + 1 : b] for a, b in zip(prompt_passes, prompt_passes[1:]))
+
+
+def GreedyFor(tokens: int) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=tokens, temperature=0.0, repetition_penalty=1.0)
+
+
+async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(batching, "PADDING_ALLOWANCE_COLUMNS", 0, raising=False)
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    alone = [await reply(serial, question, GreedyFor(40)) for question in QUESTIONS[:3]]
+    long_alone = await reply(serial, QUESTIONS[3], GreedyFor(40), LOGBOOK)
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    config = batched._model.config
+    column_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 4
+    prompts = [batched.count_tokens([ChatMessage("system", "You are a sailor."), ChatMessage("user", q)]) for q in QUESTIONS[:3]]
+    long_prompt = batched.count_tokens([ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[3])])
+    try:
+        short = [batched.stream_chat([ChatMessage("system", "You are a sailor."), ChatMessage("user", q)], GreedyFor(40)) for q in QUESTIONS[:3]]
+        firsts = [await anext(stream) for stream in short]
+        newcomer = asyncio.create_task(reply(batched, QUESTIONS[3], GreedyFor(40), LOGBOOK))
+        while batched._batcher.active == 4 and len(batched._batcher._rows) < 4:
+            await asyncio.sleep(0.001)
+        held = batched._batcher.kv_cache_bytes  # all four rows decoding
+        texts = [first.text + "".join([piece.text async for piece in stream]) for first, stream in zip(firsts, short)]
+        long_text = await newcomer
+    finally:
+        await batched.stop()
+    assert texts == [text for text, _ in alone] and long_text == long_alone
+    real_columns = sum(prompts) + long_prompt + 4 * 40
+    spare = 4 * batching.SPARE_COLUMNS * 2  # a bucket's spare columns, grown at most once
+    assert held <= (real_columns + spare) * column_bytes  # not 4 rows padded to the long prompt
