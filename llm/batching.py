@@ -2,11 +2,11 @@
 
 One thread owns the model. Each step it lets newcomers in, runs a forward pass for the running
 replies, samples each row on its own with that reply's own settings (a row that yields no token
-ends alone), hands each reply its new text, then computes about PREFILL_CHUNK_TOKENS of the
-newcomers' prompts. A reply leaves at its end, its token limit, a stop string, or the step after
-its client hung up: its slot is free at once. A newcomer's prompt goes first at the next step,
-since a new reply has no audio buffered at its client while the running ones do; but a long one
-is computed a chunk per step, so that the running replies slow down instead of stopping.
+ends alone) and hands each reply its new text; then, for about as long as that step took
+(PREFILL_SHARE), it computes newcomers' prompts, a long one in chunks over several steps, so that
+a long prompt slows the running replies down instead of stopping them. A reply leaves at its
+end, its token limit, a stop string, or the step after its client hung up: its slot is free at
+once.
 
 Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module does about it:
 
@@ -34,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,10 +55,16 @@ _END = object()
 # reply, and newcomers share a pass even if that pads their prompts by a few tokens.
 PASS_COST_TOKENS = 32
 MIN_SHARED_PREFIX = PASS_COST_TOKENS
-# Newcomers' prompts are computed about this many tokens per step, between the running rows'
-# steps: a long prompt is cut into passes of this many tokens, and newcomers share a pass only
-# if their (padded) prompts fit in it. Smaller keeps the running replies' pace closer to their
-# own; larger admits a long prompt sooner (see bench/llm_prefill.py).
+# Between two decode steps, newcomers' prompts are computed for about this share of a decode
+# step's time (at least one pass): the running replies keep about half their pace however long
+# a newcomer's prompt (one pass over a 3 KB prompt stopped them for 7-11 s on a busy 2-core
+# CPU), and a long prompt is computed in passes sized to fit, measured as it goes. Larger admits
+# a long prompt sooner; smaller keeps more of the running replies' pace (bench/llm_prefill.py).
+PREFILL_SHARE = 1.0
+# A prompt pass computes at least this many tokens (a pass has a cost of its own) and at most
+# this many, which bounds its activations' memory and how long it holds the running replies
+# up: newcomers share a pass (their padded own parts) only if it fits, whatever the step's time.
+MIN_PREFILL_CHUNK_TOKENS = 32
 PREFILL_CHUNK_TOKENS = 256
 # Rows decode in one pass, their caches left-padded to the longest, while the padding is at
 # most their real columns or this many columns: a short row never holds a long one's length
@@ -124,6 +132,10 @@ class ContinuousBatcher:
         self._prefills: list[_PrefillJob] = []
         # The running rows in groups that decode in one pass each (see `_Rows.accepts`).
         self._buckets: list[_Rows] = []
+        # What the last steps took, which sizes the next prompt passes (see `_prefill_some`).
+        self._decode_s = 0.0
+        self._prefill_token_s: float | None = None
+        self._chunk_tokens = PREFILL_CHUNK_TOKENS
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
@@ -167,9 +179,8 @@ class ContinuousBatcher:
         with torch.inference_mode():
             while self._admit():
                 try:
-                    # Running rows take a step, then newcomers' prompts take about
-                    # PREFILL_CHUNK_TOKENS: a long prompt slows the running replies down for a
-                    # while, it never stops them.
+                    # Running rows take a step, then newcomers' prompts take about as long: a
+                    # long prompt slows the running replies down for a while, it never stops them.
                     self._step()
                     self._prefill_some()
                 except Exception:  # a failed step fails its replies, never the thread
@@ -218,16 +229,24 @@ class ContinuousBatcher:
         return _PrefillJob(group, self._prefill_passes(group))
 
     def _prefill_some(self) -> None:
-        """Newcomers' prompt passes, first come first served, until about PREFILL_CHUNK_TOKENS
-        are computed; a newcomer whose prompt is done joins the running rows."""
-        computed = 0
-        while self._prefills and computed < PREFILL_CHUNK_TOKENS:
+        """Newcomers' prompt passes, first come first served, for about PREFILL_SHARE of a decode
+        step's time (at least one pass; no limit while nothing decodes); a newcomer whose prompt
+        is done joins the running rows."""
+        spent_s = 0.0
+        while self._prefills:
+            budget_s = PREFILL_SHARE * self._decode_s if self._buckets else math.inf
+            if spent_s and spent_s >= budget_s:
+                break
+            self._chunk_tokens = self._chunk_for(budget_s - spent_s)
             job = self._prefills[0]
             if all(reply.cancelled.is_set() for reply in job.replies):  # nobody waits for it
                 self._prefills = self._prefills[1:]
                 continue
+            started = time.perf_counter()
             try:
-                computed += next(job.passes)
+                tokens = next(job.passes)
+                self._timed_prefill(tokens, time.perf_counter() - started)
+                spent_s += time.perf_counter() - started
                 continue
             except StopIteration as done:
                 prefill: _Prefill = done.value
@@ -239,10 +258,25 @@ class ContinuousBatcher:
                 self._prefills = [*alone, *self._prefills[1:]]
                 if not alone:
                     _fail(job.replies[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
+                spent_s += time.perf_counter() - started
                 continue
+            self._timed_prefill(prefill.last_pass_tokens, time.perf_counter() - started)
             self._prefills = self._prefills[1:]
-            computed += prefill.last_pass_tokens
             self._join(prefill)
+            spent_s += time.perf_counter() - started
+
+    def _chunk_for(self, budget_s: float) -> int:
+        """The prompt tokens a pass may compute in `budget_s`, as prefill has gone so far."""
+        if budget_s == math.inf:
+            return PREFILL_CHUNK_TOKENS
+        if self._prefill_token_s is None:
+            return MIN_PREFILL_CHUNK_TOKENS
+        return int(min(PREFILL_CHUNK_TOKENS, max(MIN_PREFILL_CHUNK_TOKENS, budget_s / self._prefill_token_s)))
+
+    def _timed_prefill(self, tokens: int, seconds: float) -> None:
+        # Shorter passes would overstate a token's cost (a pass's own overhead dominates them).
+        if tokens >= MIN_PREFILL_CHUNK_TOKENS:
+            self._prefill_token_s = _smoothed(self._prefill_token_s, seconds / tokens)
 
     def _join(self, prefill: _Prefill) -> None:
         """Add prefilled newcomers to the running rows and give each its first token."""
@@ -270,9 +304,9 @@ class ContinuousBatcher:
         returning each one's KV cache and first logits.
 
         The prefix the group shares is copied from a running row that holds it, else computed
-        once, in passes of PREFILL_CHUNK_TOKENS; then each prompt's own part takes one pass,
-        right-padded (no mask needed, as every real token only looks back at real tokens). A
-        lone prompt is all prefix but the part that its last pass computes."""
+        once, in passes as long as `_prefill_some` allows; then each prompt's own part takes one
+        pass, right-padded (no mask needed, as every real token only looks back at real tokens).
+        A lone prompt is all prefix but the part that its last pass computes."""
         from transformers import DynamicCache
 
         alone = len(group) == 1
@@ -280,16 +314,19 @@ class ContinuousBatcher:
         shared = 0 if alone else _shared_prefix([reply.prompt for reply in group])
         # Read in the same `next` as the first pass (which copies it): a running row can move.
         donor, row, copied = self._prefix_donor(first, limit=len(first) - 1 if alone else shared)
-        if alone:  # whole chunks, then a last pass of what is left (1 to PREFILL_CHUNK_TOKENS)
-            shared = copied + (len(first) - copied - 1) // PREFILL_CHUNK_TOKENS * PREFILL_CHUNK_TOKENS
         cache = DynamicCache(ddp_cache_data=donor.prefix(row, copied)) if donor is not None else DynamicCache()
-        for start in range(copied, shared, PREFILL_CHUNK_TOKENS):
-            end = min(start + PREFILL_CHUNK_TOKENS, shared)
+        start = copied
+        # Chunks as `_prefill_some` sizes them; a lone prompt's last chunk is its last pass.
+        while start < (shared if not alone else len(first) - self._chunk_tokens):
+            end = min(start + self._chunk_tokens, shared if not alone else len(first) - 1)
             self.model(
                 input_ids=self._tensor([first[start:end]]), position_ids=self._positions(start, end - start, 1),
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
             yield end - start
+            start = end
+        if alone:
+            shared = start
         if not alone and shared:
             cache.batch_repeat_interleave(len(group))
         rests = [reply.prompt[shared:] for reply in group]
@@ -324,10 +361,14 @@ class ContinuousBatcher:
         import torch
 
         self._prune()
+        if not self._buckets:
+            return
+        started = time.perf_counter()
         replies, logits = [], []
         for bucket in self._buckets:
             try:
-                logits.append(bucket.decode(self.model, self._tensor([[reply.generated[-1]] for reply in bucket.replies])))
+                last_tokens = self._tensor([[reply.generated[-1]] for reply in bucket.replies])
+                logits.append(bucket.decode(self.model, last_tokens))
                 replies += bucket.replies
             except Exception:
                 log.exception("LLM decode step failed")
@@ -337,6 +378,7 @@ class ContinuousBatcher:
             for reply, token in zip(replies, sample_next(torch.cat(logits), replies)):
                 if not reply.cancelled.is_set():
                     self._take(reply, token)
+        self._decode_s = _smoothed(self._decode_s or None, time.perf_counter() - started)
         self._prune()
 
     def _prune(self) -> None:
@@ -370,7 +412,8 @@ class ContinuousBatcher:
             reply.send(TextPiece(text[reply.sent_chars : end]))
             reply.sent_chars = end
         if ended or limit or reply.stops.stopped:
-            reply.send(TextPiece("", finish_reason="length" if limit and not (ended or reply.stops.stopped) else "stop"))
+            cut = limit and not (ended or reply.stops.stopped)
+            reply.send(TextPiece("", finish_reason="length" if cut else "stop"))
             reply.send(_END)
             reply.cancelled.set()  # done: leaves the batch like a hung-up reply
 
@@ -383,6 +426,11 @@ class ContinuousBatcher:
         import torch
 
         return torch.arange(start, start + length, device=self.device).expand(rows, length)
+
+
+def _smoothed(average: float | None, value: float) -> float:
+    """A running average that follows a change within a few steps and shrugs off one outlier."""
+    return value if average is None else 0.7 * average + 0.3 * value
 
 
 def _fail(reply: _Reply, error: LLMError) -> None:

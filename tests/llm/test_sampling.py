@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
+from dataclasses import replace
 
 import pytest
 import torch
@@ -96,8 +97,8 @@ def test_extreme_temperatures_never_give_nan_odds():
         assert token in {0, 1, 2}
 
 
-def _sampled(seed: int | None, **changes) -> GenerationOptions:
-    return GenerationOptions(max_new_tokens=16, temperature=1.5, top_p=0.95, repetition_penalty=1.0, seed=seed, **changes)
+def _sampled(seed: int | None) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=16, temperature=1.5, top_p=0.95, repetition_penalty=1.0, seed=seed)
 
 
 async def test_a_seeded_reply_is_the_same_whatever_shares_its_batch(model_dir, tmp_path):
@@ -159,6 +160,6 @@ async def test_a_stop_string_that_never_comes_holds_nothing_back_at_the_end(mode
         full, finish = await reply(batched, QUESTIONS[1])
         # The reply's last three characters start this stop string: held back until the reply ends.
         stop = full[-3:] + "\x00never"
-        assert await reply(batched, QUESTIONS[1], GenerationOptions(**{**GREEDY.__dict__, "stop": (stop,)})) == (full, finish)
+        assert await reply(batched, QUESTIONS[1], replace(GREEDY, stop=(stop,))) == (full, finish)
     finally:
         await batched.stop()
