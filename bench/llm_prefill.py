@@ -144,7 +144,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--running", type=int, default=3, help="replies decoding when the newcomer arrives")
     parser.add_argument("--prompt-chars", type=int, default=3000, help="the newcomer's system prompt size")
-    parser.add_argument("--shares", type=float, nargs="+", default=[2.0, 1.0, 0.5], help="PREFILL_SHARE values")
+    parser.add_argument("--shares", type=float, nargs="*", default=[2.0, 1.0, 0.5], help="PREFILL_SHARE values")
     parser.add_argument("--settle-s", type=float, default=1.5, help="running alone before measuring, and measured")
     return parser.parse_args(argv)
 
