@@ -163,3 +163,15 @@ async def test_a_stop_string_that_never_comes_holds_nothing_back_at_the_end(mode
         assert await reply(batched, QUESTIONS[1], replace(GREEDY, stop=(stop,))) == (full, finish)
     finally:
         await batched.stop()
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1e-45], ids=["zero", "denormal"])
+async def test_a_top_p_that_keeps_no_token_is_greedy_on_the_serial_path_too(model_dir, tmp_path, top_p):
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    try:
+        greedy = await reply(serial, QUESTIONS[1])
+        narrow_options = GenerationOptions(max_new_tokens=16, temperature=1.0, top_p=top_p, repetition_penalty=1.0)
+        narrow = await reply(serial, QUESTIONS[1], narrow_options)
+    finally:
+        await serial.stop()
+    assert narrow == greedy
