@@ -386,3 +386,40 @@ async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir
     real_columns = sum(prompts) + long_prompt + 4 * 200
     assert held <= (real_columns + 4 * 2 * batching.SPARE_COLUMNS) * column_bytes
     assert held * 3 < 4 * long_prompt * column_bytes
+
+
+async def test_a_newcomer_that_hangs_up_during_its_long_prompt_stops_being_computed(model_dir, tmp_path, monkeypatch):
+    for knob, value in [("PREFILL_SHARE", 0.0), ("MIN_PREFILL_CHUNK_TOKENS", 64), ("PREFILL_CHUNK_TOKENS", 64)]:
+        monkeypatch.setattr(batching, knob, value, raising=False)
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    passes = _record_forward_passes(batched)
+
+    def prompt_passes() -> int:
+        return sum(1 for _, width in passes.shapes if width > 1)
+
+    async def until(condition) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.002)
+
+    try:
+        running = batched.stream_chat(sailor(QUESTIONS[1]), greedy_for(2000))
+        await anext(running)
+        before = prompt_passes()
+        logbook = [ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[3])]
+        newcomer = asyncio.create_task(anext(batched.stream_chat(logbook, greedy_for(10))))
+        await until(lambda: prompt_passes() >= before + 3)
+        newcomer.cancel()  # the client hangs up while its prompt is computed
+        await asyncio.gather(newcomer, return_exceptions=True)
+        at_hang_up = prompt_passes()
+        decode_steps = len(passes.shapes)
+        await until(lambda: len(passes.shapes) >= decode_steps + 10)
+        computed = prompt_passes() - before
+        assert batched.active_generations == 1
+        await running.aclose()
+    finally:
+        await batched.stop()
+    long_prompt_passes = batched.count_tokens(logbook) // 64
+    assert prompt_passes() - at_hang_up <= 1  # at most the pass under way when it hung up
+    assert computed < long_prompt_passes
