@@ -127,8 +127,8 @@ class ContinuousBatcher:
         self.eos_ids = eos_ids
         self.tokens_generated = 0
         self._inbox: queue.Queue[_Reply | None] = queue.Queue()
-        # Newcomers whose prompts are being computed, a pass per step; replaced, never mutated,
-        # since `active` reads it from other threads.
+        # Newcomers whose prompts are being computed, first come first served; replaced, never
+        # mutated, since `active` reads it from other threads.
         self._prefills: list[_PrefillJob] = []
         # The running rows in groups that decode in one pass each (see `_Rows.accepts`).
         self._buckets: list[_Rows] = []
@@ -197,12 +197,12 @@ class ContinuousBatcher:
         """Let every waiting newcomer in (blocking while idle) and plan its prefill; False once closed."""
         import torch
 
-        waiting = len(self._rows) + sum(len(job.replies) for job in self._prefills)
+        taken = len(self._rows) + sum(len(job.replies) for job in self._prefills)
         newcomers: list[_Reply] = []
         open_ = True
-        while waiting + len(newcomers) < self.max_batch:
+        while taken + len(newcomers) < self.max_batch:
             try:
-                reply = self._inbox.get(block=not waiting and not newcomers)
+                reply = self._inbox.get(block=not taken and not newcomers)
             except queue.Empty:
                 break
             if reply is None:
@@ -281,16 +281,26 @@ class ContinuousBatcher:
     def _join(self, prefill: _Prefill) -> None:
         """Add prefilled newcomers to the running rows and give each its first token."""
         try:
-            for reply, row in zip(prefill.replies, prefill.rows):
+            # Each row to the bucket it pads least, if any accepts it (else, with the rest of its
+            # group, to a new one: a group's own parts differ by less than a pass); then one copy
+            # of each bucket that grows.
+            placed: dict[int, list[int]] = {}
+            for i, row in enumerate(prefill.rows):
                 length = row[0][0].shape[1]
-                bucket = min(
-                    (bucket for bucket in self._buckets if bucket.accepts(length)),
-                    key=lambda bucket: bucket.padding_with(length), default=None,
+                fitting = [b for b, bucket in enumerate(self._buckets) if bucket.accepts(length)]
+                target = min(fitting, key=lambda b: self._buckets[b].padding_with(length), default=-1)
+                placed.setdefault(target, []).append(i)
+            buckets = list(self._buckets)
+            for target, rows in placed.items():
+                joined = _Rows.gather(
+                    buckets[target] if target >= 0 else None,
+                    [prefill.replies[i] for i in rows], [prefill.rows[i] for i in rows],
                 )
-                joined = _Rows.gather(bucket, [reply], [row])
-                self._buckets = [joined if other is bucket else other for other in self._buckets]
-                if bucket is None:
-                    self._buckets = [*self._buckets, joined]
+                if target >= 0:
+                    buckets[target] = joined
+                else:
+                    buckets.append(joined)
+            self._buckets = buckets
             for reply, token in zip(prefill.replies, sample_next(prefill.logits, prefill.replies)):
                 self._take(reply, token)
         except Exception:  # the newcomers fail; the running rows go on
