@@ -38,3 +38,15 @@ def test_a_stop_string_found_across_the_last_release_point():
 def test_no_stop_strings_or_empty_ones_release_everything():
     assert released(["a", "b"], []) == (["a", "b"], False)
     assert released(["a", "b"], [""]) == (["a", "b"], False)
+
+
+def test_a_match_that_restarts_inside_a_partial_match_is_found():
+    assert released(["aba", "bac"], ["abac"]) == (["", "ab"], True)
+    assert released(["aaa", "aab"], ["aaab"]) == (["", "aa"], True)
+
+
+def test_a_very_long_stop_string_holds_back_only_what_it_could_start():
+    stop = "a" * 100_000 + "b"
+    text = ["a" * 1000] * 50 + ["c"]  # 50,000 characters that all could start it, then not
+    out, stopped = released(text, [stop])
+    assert out[:-1] == [""] * 50 and out[-1] == "a" * 50_000 + "c" and not stopped
