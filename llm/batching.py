@@ -680,9 +680,8 @@ def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int | None]:
     # NaN is no candidate and +inf the best one, so that one broken score neither wins the argmax
     # nor poisons a row's softmax; a row left with no finite score has no next token.
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
-    best = scores.max(-1)
-    tokens: list[int | None] = best.indices.tolist()
-    usable = torch.isfinite(best.values).tolist()
+    tokens: list[int | None] = scores.argmax(-1).tolist()  # argmax, as generate() picks greedily
+    usable = torch.isfinite(scores.amax(-1)).tolist()
     for i, reply in enumerate(replies):
         if not usable[i]:
             log.error("LLM row has no finite score; ending that reply")
