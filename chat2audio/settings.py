@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     tts_precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
         "auto",
         description="GPT-SoVITS weights' precision: auto = the fastest faithful one the device supports "
-        "(CUDA: fp16; CPU: int8 GPT and BERT, bf16 vocoder where the CPU has AVX512-BF16, else fp32)",
+        "(CUDA: fp16; CPU with AVX512-BF16 or AMX: int8 GPT decode, bf16 BERT and vocoder; other CPUs: fp32)",
     )
     torch_threads: int | None = Field(
         None, ge=1,

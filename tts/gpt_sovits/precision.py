@@ -4,9 +4,9 @@ On a CPU the GPT's decode step reads every weight once per 40 ms of speech, so i
 memory it reads: int8 weights read a quarter of fp32's. They are weight-only int8 (a scale per
 output channel; activations stay floating point), never dynamic quantization, whose activation scale
 is taken over the whole batch: there, a sentence's numbers would depend on whoever else is decoding.
-The BERT runs once per sentence on the critical path and gets the same treatment. The SoVITS vocoder
-is convolutions, where int8 does not apply but bf16 does on CPUs with AVX512-BF16 or AMX. GPUs keep
-what gsv_tts does there: fp16 everywhere. `bench/RESULTS.md` has the measurements
+The BERT runs once per sentence on the critical path, on every character of it at once: compute,
+not memory, bounds it, so it runs in bf16, as does the SoVITS vocoder (convolutions), on CPUs that
+compute bf16 natively (AVX512-BF16 or AMX). GPUs keep what gsv_tts does there: fp16 everywhere. `bench/RESULTS.md` has the measurements
 and the fidelity figures behind `auto`; tests/tts/gpt_sovits/test_precision.py asserts their bounds.
 """
 
@@ -57,16 +57,19 @@ def plan_precision(setting: str, device: str) -> PrecisionPlan:
         return PrecisionPlan("fp32", "fp32", "fp32", dtype="float32")
     if setting == "fp16":
         raise PrecisionUnavailable("fp16 TTS weights are for GPUs; on a CPU use int8, bf16 or auto")
-    if setting == "bf16" and not cpu_supports_bf16():
-        raise PrecisionUnavailable("this CPU has no bf16 instructions (AVX512-BF16 or AMX); use int8, fp32 or auto")
-    if setting == "auto":
-        # Both reduced precisions compute in bf16; without native bf16 that is emulated (and unmeasured).
-        if not cpu_supports_bf16():
+    if setting == "fp32":
+        return PrecisionPlan("fp32", "fp32", "fp32", dtype="float32")
+    if not cpu_supports_bf16():
+        if setting == "auto":  # both reduced precisions compute in bf16; emulated bf16 is slow (and unmeasured)
             return PrecisionPlan("fp32", "fp32", "fp32", dtype="float32")
-        return PrecisionPlan("int8", "int8", "bf16", dtype="float32")
-    if setting == "int8" and not cpu_supports_bf16():
-        raise PrecisionUnavailable("int8 TTS weights compute in bf16, which this CPU lacks (AVX512-BF16 or AMX)")
-    return PrecisionPlan(setting, setting, setting, dtype="float32")
+        raise PrecisionUnavailable(f"{setting} TTS weights compute in bf16, which this CPU lacks (AVX512-BF16 or AMX)")
+    # The BERT reads a whole sentence at once: many rows, where bf16 is faster than int8 weights
+    # (and closer to fp32), so "int8" applies to the GPT's decode steps only.
+    if setting == "auto":
+        return PrecisionPlan("int8", "bf16", "bf16", dtype="float32")
+    if setting == "int8":
+        return PrecisionPlan("int8", "bf16", "fp32", dtype="float32")
+    return PrecisionPlan("bf16", "bf16", "bf16", dtype="float32")
 
 
 def cpu_supports_bf16() -> bool:
@@ -101,12 +104,10 @@ def kv_cache_dtype(t2s_model: Any) -> Any:
 
 
 def convert_bert(bert_model: Any, precision: str) -> None:
-    """Convert an HF BERT in place (the linear layers: nearly all of its compute)."""
+    """Convert an HF BERT in place."""
     import torch
 
-    if precision == "int8":
-        replace_linear_layers(bert_model.bert.encoder, int8_linear_class().from_linear)  # not the unused LM head
-    elif precision == "bf16":
+    if precision == "bf16":
         bert_model.to(torch.bfloat16)
         forward = bert_model.forward
 
@@ -147,19 +148,21 @@ def int8_linear_class() -> type:
     class Int8Linear(torch.nn.Module):
         """A linear layer with int8 weights and a bf16 scale per output channel.
 
-        A few rows (a decode step) go through PyTorch's int8-weight kernel (`_weight_int8pack_mm`,
-        what torchao's int8 weight-only mode calls on CPU; used directly here because the tensor
-        subclass around it costs more per call than the kernel itself at this size). Many rows (a
-        prompt) are compute-bound: the weights are expanded to bf16 once per call and multiplied
-        by oneDNN. Either way each row's result depends on that row alone.
+        A decode step's few rows go through PyTorch's int8-weight kernel (`_weight_int8pack_mm`,
+        what torchao's int8 weight-only mode calls on CPU; called directly here because the tensor
+        subclass around it costs more per call than the kernel itself at this size): it reads a
+        quarter of fp32's bytes. That kernel's cost grows with every row, so many rows (a prompt)
+        multiply bf16 weights instead, with oneDNN, as a bf16 layer would; the two copies together
+        are still 0.75 × fp32's memory. Either way each row's result depends on that row alone.
         """
 
-        MAX_KERNEL_ROWS = 8
+        MAX_KERNEL_ROWS = 4  # measured: from 8 rows on, the bf16 product is the faster
 
-        def __init__(self, weight: Any, scales: Any, bias: Any) -> None:
+        def __init__(self, weight: Any, scales: Any, dense_weight: Any, bias: Any) -> None:
             super().__init__()
             self.register_buffer("weight", weight)  # int8 [out, in]
             self.register_buffer("scales", scales)  # bf16 [out]
+            self.register_buffer("dense_weight", dense_weight)  # bf16 [out, in]
             self.register_buffer("bias", bias)  # float32 [out] or None
             self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
@@ -169,14 +172,14 @@ def int8_linear_class() -> type:
             scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
             bias = None if linear.bias is None else linear.bias.detach().float().clone()
-            return cls(quantized.contiguous(), scales.to(torch.bfloat16), bias)
+            return cls(quantized.contiguous(), scales.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
 
         def forward(self, x: Any) -> Any:
             rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
             if rows.shape[0] <= self.MAX_KERNEL_ROWS:
                 out = torch._weight_int8pack_mm(rows, self.weight, self.scales)
             else:
-                out = torch.nn.functional.linear(rows, self.weight.to(torch.bfloat16) * self.scales[:, None])
+                out = torch.nn.functional.linear(rows, self.dense_weight)
             out = out.to(x.dtype)
             if self.bias is not None:
                 out = out + self.bias
