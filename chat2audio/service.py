@@ -7,9 +7,12 @@ It raises domain errors (`chat2audio.errors`) and engine errors, and knows nothi
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, replace
 from typing import Union
@@ -95,6 +98,9 @@ class ChatService:
         self.stt_error: str | None = None
         self.splitter_config = SplitterConfig()
         self.metrics = Metrics(self._live_counts)
+        # Prompts are fitted (tokenized) off the event loop, one at a time: a tokenizer is
+        # blocking work, and a fast tokenizer used from two threads at once fails.
+        self._prompt_fitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-prompt")
 
     def _live_counts(self) -> LiveCounts:
         running = self.admission.running_now
@@ -132,6 +138,7 @@ class ChatService:
         for backend in (self.llm, self.stt, *self.registry.engines.values()):
             if backend is not None:
                 await backend.stop()
+        await asyncio.to_thread(self._prompt_fitter.shutdown, wait=True, cancel_futures=True)
 
     async def reply(
         self,
@@ -168,16 +175,14 @@ class ChatService:
         as much of its history as fits the context, then its last message, which must be the user's."""
         if not messages or messages[-1].role != "user":
             raise InvalidInput("messages must end with the user's message")
+        self._check_messages(messages)
         turn = self._resolve(request, messages[-1].content, None, request_id)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
             own_system = [m for m in messages[:-1] if m.role == "system"]
             history = [m for m in messages[:-1] if m.role != "system"]
-            budget, count_tokens = self._prompt_budget(turn)
-            prompt = fit_history(
-                self._role_prompt(turn) + own_system, history, messages[-1], budget=budget, count_tokens=count_tokens
-            )
+            prompt = await self._fitted(turn, self._role_prompt(turn) + own_system, history, messages[-1])
             async with aclosing(self._started(turn, holding, prompt, stream_first_sentence)) as events:
                 async for event in events:
                     yield event
@@ -242,6 +247,21 @@ class ChatService:
             options = replace(options, temperature=request.temperature)
         return _Turn(request_id, speaker, engine, options, request.session_id, text or "", voice)
 
+    def _check_messages(self, messages: list[ChatMessage]) -> None:
+        """A client-kept conversation within the limits: at most `max_messages` messages, each
+        at most `max_input_chars` long (checked before any of it is tokenized)."""
+        if len(messages) > self.settings.max_messages:
+            raise InvalidInput(
+                f"messages has {len(messages)} entries; the limit is {self.settings.max_messages} "
+                "(CHAT2AUDIO_MAX_MESSAGES): send the newest ones", param="messages",
+            )
+        for index, message in enumerate(messages):
+            if len(message.content) > self.settings.max_input_chars:
+                raise InvalidInput(
+                    f"messages[{index}] is {len(message.content)} characters; the limit is {self.settings.max_input_chars}",
+                    param=f"messages[{index}].content",
+                )
+
     def _check_length(self, text: str, what: str) -> None:
         if len(text) > self.settings.max_input_chars:
             raise InvalidInput(f"{what} is {len(text)} characters; the limit is {self.settings.max_input_chars}")
@@ -256,11 +276,16 @@ class ChatService:
         turn.user_input = turn.transcript
 
     async def _messages(self, turn: _Turn) -> list[ChatMessage]:
+        history = await self.conversations.history(turn.speaker.id, turn.session_id) if turn.session_id else []
+        return await self._fitted(turn, self._role_prompt(turn), history, ChatMessage("user", turn.user_input))
+
+    async def _fitted(
+        self, turn: _Turn, system: list[ChatMessage], history: list[ChatMessage], user: ChatMessage
+    ) -> list[ChatMessage]:
+        """The prompt: as much of `history` as fits the context, counted on the fitting thread."""
         budget, count_tokens = self._prompt_budget(turn)
-        return await self.conversations.messages(
-            turn.speaker.id, turn.session_id, self._role_prompt(turn), ChatMessage("user", turn.user_input),
-            budget=budget, count_tokens=count_tokens,
-        )
+        fit = functools.partial(fit_history, system, history, user, budget=budget, count_tokens=count_tokens)
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_fitter, fit)
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []

@@ -88,7 +88,12 @@ class Settings(BaseSettings):
         2, ge=1, description="idle GPT-SoVITS voices kept loaded (LRU); voices of running replies are never evicted"
     )
 
-    max_input_chars: int = Field(2000, ge=1)
+    max_input_chars: int = Field(
+        2000, ge=1, description="longest text accepted: /chat2audio's input, each chat message, a text to speak"
+    )
+    max_messages: int = Field(
+        500, ge=1, description="most messages one /v1/chat/completions request may send (400 beyond)"
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # 8: on 2 CPU cores the embedded LLM decodes 8 replies together at ~3.5x the tokens/s of one
     # (bench: N = 8 at once), each still faster than eSpeak speaks; a GPU takes more (set it higher).
