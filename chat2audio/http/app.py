@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         allowed_hosts=settings.allowed_hosts or default_allowed_hosts(settings.host),
+        send_timeout_s=settings.send_timeout_s, life_s=settings.request_life_s,
     )
     return app
 

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -30,7 +30,7 @@ from chat2audio.context import estimate_tokens
 from chat2audio.errors import InvalidInput, UnknownVoice
 from chat2audio.http.chat import SSE_PING_S, unless_client_leaves
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_stream, open_reply, whole_file
+from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, AudioStreamResponse, OpenedReply, encoded_stream, open_reply, whole_file
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyFinished, join_sentences
 from chat2audio.protocol import ChatOptions
@@ -144,7 +144,7 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     headers["X-Sample-Rate"] = str(encoder.output_rate)
     if body.stream_format == "sse":
         return EventSourceResponse(_speech_events(reply, encoder, body.input), headers=headers, ping=SSE_PING_S, sep="\n")
-    return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
+    return AudioStreamResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
 
 
 async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) -> AsyncIterator[ServerSentEvent]:
