@@ -74,11 +74,13 @@ def speakable_text(sentence: str) -> str:
     for ch in sentence:
         speech.push(ch)
     speech.flush()
-    return tidy(spell_symbols("".join(chars)))
+    return tidy(spell_symbols(_WHITESPACE.sub(" ", "".join(chars))))  # joined first: see tidy()
 
 
 def tidy(sentence: str) -> str:
-    return _WHITESPACE.sub(" ", _SPACE_BEFORE_MARK.sub("", sentence)).strip()
+    # Runs of spaces joined first: the lookahead of _SPACE_BEFORE_MARK rescans a long run from
+    # each of its characters (4,096 spaces took 1.5 s).
+    return _SPACE_BEFORE_MARK.sub("", _WHITESPACE.sub(" ", sentence)).strip()
 
 
 class SpeechFilter:
@@ -88,6 +90,8 @@ class SpeechFilter:
     close. One that meets a sentence end or a newline first was no stage direction: it is
     abandoned and its text spoken, so a stray "(" or "*" holds audio back one sentence at most.
     Bracket spans without letters ("[1, 2, 3]", "(3.11)") are spoken, without the brackets.
+    A span given up is read again as plain text, in which no span opens (each character is read
+    at most twice).
     "*" opens a span like markdown emphasis: before a non-space, not inside "2*3". "* ", "- "
     or "+ " starting a line is a list bullet, dropped. ``` fenced code is dropped up to its
     closing fence (or the end); `inline code` is spoken without its backticks.
@@ -103,6 +107,7 @@ class SpeechFilter:
         self._in_fence = False
         self._span = ""  # the open unspoken span, opener first
         self._depth = 0
+        self._replaying = False  # a given-up span's text is read again: it opens no span itself
 
     @property
     def holding(self) -> bool:
@@ -138,7 +143,7 @@ class SpeechFilter:
     def _push_plain(self, ch: str) -> None:
         if ch in "*<" or (ch in "-+" and self._line_start):
             self._pending, self._pending_at = ch, (self._prev, self._line_start)
-        elif ch in BRACKETS:
+        elif ch in BRACKETS and not self._replaying:
             self._span, self._depth = ch, 1
         elif not is_dropped_char(ch):
             self._speak(ch)
@@ -148,6 +153,9 @@ class SpeechFilter:
         self._pending = ""
         if line_start and ch in "*-+" and after in (" ", "\t"):
             return  # a list bullet
+        if self._replaying:
+            self._speak(ch)
+            return
         if ch == "*" and after.strip() and not (ascii_alnum(before) and ascii_alnum(after)):
             self._span, self._depth = ch, 1  # like markdown emphasis; "2*3" is a product
         elif ch == "<" and after and ((after.isascii() and after.isalpha()) or after in "/!"):
@@ -177,5 +185,11 @@ class SpeechFilter:
         if span[0] in "*<":
             self._speak(span[0])  # left to spell_symbols: "5 *3" is a product
         self._prev, self._line_start = span[0], False
-        for ch in span[1:]:
-            self.push(ch)
+        # Read once more as plain text, opening no span: a given-up span re-read with openers
+        # in it ("((((…", 160 deep) gave up and re-read again, quadratic in the span limit.
+        self._replaying = True
+        try:
+            for ch in span[1:]:
+                self.push(ch)
+        finally:
+            self._replaying = False
