@@ -27,7 +27,8 @@ from chat2audio.protocol import ChatOptions
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
 from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
-from chat2audio.splitter import SplitterConfig
+from chat2audio.runtime.text import is_speakable
+from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from llm.verbatim import VerbatimText
@@ -188,7 +189,7 @@ class ChatService:
                     yield event
 
     async def speak_text(
-        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None,
+        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0,
         voice: VoiceParams | None = None, stream_first_sentence: bool = True,
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
@@ -198,10 +199,13 @@ class ChatService:
         if not self.voices_ready:
             raise NotReady("voices are still loading; retry shortly", headers={"Retry-After": "5"})
         if not text.strip():
-            raise InvalidInput("input is empty: give the text to speak")
-        limit = max_chars or self.settings.max_input_chars
-        if len(text) > limit:
-            raise InvalidInput(f"input is {len(text)} characters; the limit is {limit}")
+            raise InvalidInput("input is empty: give the text to speak", param="input")
+        self._check_length(text, "input")
+        if not is_speakable(speakable_text(text)):
+            raise InvalidInput(
+                "input has nothing to speak: no letters or digits once emoji, invisible characters, markup "
+                "and stage directions are left out", param="input",
+            )
         speaker = self.registry.get(speaker_id)
         assert speaker.voice is not None
         voice = voice or speaker.voice
@@ -264,7 +268,10 @@ class ChatService:
 
     def _check_length(self, text: str, what: str) -> None:
         if len(text) > self.settings.max_input_chars:
-            raise InvalidInput(f"{what} is {len(text)} characters; the limit is {self.settings.max_input_chars}")
+            raise InvalidInput(
+                f"{what} is {len(text)} characters; the limit is {self.settings.max_input_chars} (CHAT2AUDIO_MAX_INPUT_CHARS)",
+                param="input",
+            )
 
     async def _transcribe(self, turn: _Turn) -> None:
         assert self.stt is not None and turn.voice is not None

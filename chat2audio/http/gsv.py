@@ -321,6 +321,8 @@ async def _json_params(request: Request) -> dict[str, Any]:
         params = json.loads(body) if body.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiV2Error(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiV2Error("the body is nested too deeply to be api_v2's /tts parameters") from None
     if not isinstance(params, dict):
         raise ApiV2Error("the body must be a JSON object of api_v2's /tts parameters")
     return params

@@ -55,7 +55,6 @@ router = protected_router("/v1", error_model=OpenAIError, statuses=(400,))
 
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # accepted; every one is our TTS
 CHAT_MODEL = "chat2audio"
-MAX_SPEECH_CHARS = 4096  # OpenAI's limit for `input`
 PCM_RATE = 24000  # OpenAI's `pcm` / `pcm16`: headerless s16le mono at 24 kHz
 AUDIO_EXPIRES_S = 3600
 STARTED_AT = int(time.time())
@@ -77,7 +76,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field("tts-1", description="Any value; every model is this server's TTS.")
-    input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, description="The text to speak, verbatim.")
+    input: str = Field(min_length=1, description="The text to speak, verbatim; at most CHAT2AUDIO_MAX_INPUT_CHARS characters.")
     voice: Voice = Field(description="A speaker id (GET /v1/audio/voices) or an OpenAI voice name mapped to one.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="Scales the voice's own speed, within what its engine allows.")
@@ -132,7 +131,7 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     speaker = _speaker_for(service, body.voice, param="voice")
     pcm_rate = PCM_RATE if body.response_format == "pcm" else None
     events = service.speak_text(
-        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed, max_chars=MAX_SPEECH_CHARS,
+        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed,
         stream_first_sentence=request.app.state.streaming,
     )
     reply = await unless_client_leaves(request, open_reply(events, request))

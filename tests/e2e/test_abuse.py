@@ -3,23 +3,28 @@ of the audit, through the real server, gets a clear answer and leaves the servic
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import soundfile
 
 from tests.e2e.conftest import scripted_env
 from tests.server import running_server
 
 MAX_MESSAGES = 64
+MAX_INPUT_CHARS = 4096
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("abuse")
-    env = scripted_env(root, scripted_token_delay_s="0.001", scripted_tts_rtf="0.002", max_input_chars="500",
+    env = scripted_env(root, scripted_token_delay_s="0.001", scripted_tts_rtf="0.002", max_input_chars=str(MAX_INPUT_CHARS),
                        max_messages=str(MAX_MESSAGES), max_body_bytes="65536")
     with running_server("app_stream", env, root / "server.log") as running:
         yield running
@@ -39,11 +44,11 @@ def test_a_chat_of_too_many_messages_is_refused_naming_the_limit(server):
 
 
 def test_every_chat_message_is_held_to_the_input_limit(server):
-    messages = [{"role": "system", "content": "s" * 501}, {"role": "user", "content": "Hello there."}]
+    messages = [{"role": "system", "content": "s" * (MAX_INPUT_CHARS + 1)}, {"role": "user", "content": "Hello there."}]
     response = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(messages), timeout=30)
     assert response.status_code == 400
-    assert "messages[0]" in response.json()["error"]["message"] and "500" in response.json()["error"]["message"]
-    fine = [{"role": "system", "content": "s" * 500}, {"role": "user", "content": "Hello there."}]
+    assert "messages[0]" in response.json()["error"]["message"] and str(MAX_INPUT_CHARS) in response.json()["error"]["message"]
+    fine = [{"role": "system", "content": "s" * MAX_INPUT_CHARS}, {"role": "user", "content": "Hello there."}]
     assert httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(fine), timeout=30).status_code == 200
 
 
@@ -86,3 +91,76 @@ def test_a_client_that_stops_reading_gives_its_slot_back(tmp_path, format_):
         finally:
             for sock in sockets:
                 sock.close()
+
+
+# -- edge inputs (items 5 and 9) --------------------------------------------------------------------
+
+MARKUP = {
+    "open brackets": "(" * MAX_INPUT_CHARS,
+    "tags": "<b></b>" * (MAX_INPUT_CHARS // 7),
+    "stars": "*" * MAX_INPUT_CHARS,
+    "square brackets": "[" * MAX_INPUT_CHARS,
+    "emoji": "😀" * (MAX_INPUT_CHARS // 2),
+    "zero-width": "\u200b\u200d" * (MAX_INPUT_CHARS // 2),
+    "nested tags": "<i>*(" * (MAX_INPUT_CHARS // 5),
+    "dashes": "-" * MAX_INPUT_CHARS,
+}
+
+
+def test_markup_floods_keep_the_loop_free_and_never_answer_an_empty_200(server):
+    """8 × 4,096 characters of markup at once: each is a 400 naming the problem (nothing to
+    speak) or its spoken text, never a 200 with no audio; /health answers throughout."""
+    health_latencies: list[float] = []
+    done = threading.Event()
+
+    def watch_health() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                client.get("/health")
+                health_latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+    def speak(text: str) -> httpx.Response:
+        body = {"input": text, "voice": "Low", "response_format": "wav"}
+        return httpx.post(f"{server.base_url}/v1/audio/speech", json=body, timeout=60)
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(len(MARKUP)) as pool:
+            responses = dict(zip(MARKUP, pool.map(speak, MARKUP.values())))
+    finally:
+        done.set()
+        watcher.join()
+    for name, response in responses.items():
+        if response.status_code == 200:
+            audio, _ = soundfile.read(io.BytesIO(response.content))
+            assert audio.size > 0, f"{name}: 200 with no audio"
+        else:
+            assert response.status_code == 400, (name, response.text)
+            assert "nothing to speak" in response.json()["error"]["message"], name
+    assert responses["emoji"].status_code == responses["zero-width"].status_code == 400
+    assert max(health_latencies) < 1.0, f"/health took {max(health_latencies):.2f} s"
+
+
+def test_speech_input_is_held_to_the_configured_limit(tmp_path):
+    env = scripted_env(tmp_path, scripted_token_delay_s="0.001", scripted_tts_rtf="0.002", max_input_chars="100")
+    with running_server("app_stream", env, tmp_path / "server.log") as small:
+        body = {"input": "word " * 20 + "x", "voice": "Low"}
+        response = httpx.post(f"{small.base_url}/v1/audio/speech", json=body, timeout=30)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "input"
+        assert "100" in response.json()["error"]["message"] and "CHAT2AUDIO_MAX_INPUT_CHARS" in response.json()["error"]["message"]
+        body["input"] = body["input"][:100]
+        assert httpx.post(f"{small.base_url}/v1/audio/speech", json=body, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/gsv/tts", "/gsv"])
+def test_deeply_nested_json_is_an_api_v2_400_and_keeps_the_connection(server, path):
+    nested = "[" * 10000 + "]" * 10000
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        response = client.post(path, content=nested, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"message"} and "nested" in response.json()["message"]
+        assert response.headers.get("connection") != "close"
+        assert client.get("/health").status_code == 200  # the same kept-alive connection
