@@ -112,9 +112,9 @@ async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
             log.error("request %s: stream ended early: %s", reply.request_id, failure.message)
 
 
-async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """The reply's audio through `encoder` (mp3, opus, …), each piece sent as soon as the codec
-    gives it. Once audio has started an error can only end the stream early (and is logged)."""
+async def encoded_audio(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """The reply's audio through `encoder` (mp3, opus, …), each piece as soon as the codec gives
+    it; a failure on the way is raised, for a stream that can report it (events)."""
     try:
         async with aclosing(reply.rest):
             async for item in reply.items():
@@ -122,10 +122,19 @@ async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIte
                     yield data
             if data := encoder.finish():
                 yield data
-    except Exception as error:
-        log.error("request %s: stream ended early: %s", reply.request_id, error_detail(error, reply.request_id).message)
     finally:
         encoder.close()
+
+
+async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """`encoded_audio` as a plain audio stream: once audio has started an error can only end
+    the stream early (and is logged)."""
+    try:
+        async with aclosing(encoded_audio(reply, encoder)) as pieces:
+            async for data in pieces:
+                yield data
+    except Exception as error:
+        log.error("request %s: stream ended early: %s", reply.request_id, error_detail(error, reply.request_id).message)
 
 
 async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:

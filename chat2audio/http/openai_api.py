@@ -30,7 +30,9 @@ from chat2audio.context import estimate_tokens
 from chat2audio.errors import InvalidInput, UnknownVoice
 from chat2audio.http.chat import SSE_PING_S, unless_client_leaves
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, AudioStreamResponse, OpenedReply, encoded_stream, open_reply, whole_file
+from chat2audio.http.encoders import (
+    AUDIO_AND_EVENT_MEDIA_TYPES, AudioStreamResponse, OpenedReply, encoded_audio, encoded_stream, open_reply, whole_file,
+)
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyFinished, join_sentences
 from chat2audio.protocol import ChatOptions
@@ -148,9 +150,16 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
 
 async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) -> AsyncIterator[ServerSentEvent]:
     """OpenAI's speech events: `speech.audio.delta` with base64 audio, then `speech.audio.done`
-    with usage (input tokens estimated from the text; this server counts no audio tokens)."""
-    async for data in encoded_stream(reply, encoder):
-        yield ServerSentEvent(data=json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}))
+    with usage (input tokens estimated from the text; this server counts no audio tokens); or,
+    when synthesis fails or times out on the way, an `error` event in OpenAI's error shape (as the
+    chat-completions stream reports one) instead of the done event: the audio is incomplete."""
+    try:
+        async with aclosing(encoded_audio(reply, encoder)) as pieces:
+            async for data in pieces:
+                yield ServerSentEvent(data=json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}))
+    except Exception as error:
+        yield ServerSentEvent(data=json.dumps({"type": "error", "error": _stream_error(error, reply.request_id)}))
+        return
     tokens = estimate_tokens([ChatMessage("user", text)])
     usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}
     yield ServerSentEvent(data=json.dumps({"type": "speech.audio.done", "usage": usage}))
@@ -255,8 +264,7 @@ class _Completion:
                         pending.clear()
                         yield self._chunk({"audio": audio})
         except Exception as error:
-            failure = error_detail(error, self.reply.request_id)
-            yield ServerSentEvent(data=json.dumps({"error": {"message": failure.message, "type": "server_error", "param": None, "code": failure.type}}))
+            yield ServerSentEvent(data=json.dumps({"error": _stream_error(error, self.reply.request_id)}))
             return
         finally:
             if self.encoder is not None:
@@ -270,6 +278,12 @@ class _Completion:
 
     def _envelope(self, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": [choice]}
+
+
+def _stream_error(error: Exception, request_id: str) -> dict[str, Any]:
+    """An error after a stream started, in OpenAI's error shape (our error type as the code)."""
+    failure = error_detail(error, request_id)
+    return {"message": failure.message, "type": "server_error", "param": None, "code": failure.type}
 
 
 def _chat_messages(messages: list[Message]) -> list[ChatMessage]:

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from tests.e2e.conftest import scripted_env
-from tests.server import running_server
+from tests.server import events_of, running_server
 
 MAX_MESSAGES = 64
 MAX_INPUT_CHARS = 4096
@@ -164,3 +164,19 @@ def test_deeply_nested_json_is_an_api_v2_400_and_keeps_the_connection(server, pa
         assert set(response.json()) == {"message"} and "nested" in response.json()["message"]
         assert response.headers.get("connection") != "close"
         assert client.get("/health").status_code == 200  # the same kept-alive connection
+
+
+# -- SSE speech that fails on the way (item 6) ------------------------------------------------------
+
+
+def test_sse_speech_that_fails_midway_ends_with_an_error_event_not_done(server):
+    body = {"input": "This first sentence is fine and long enough. Then POISON comes in the second one.",
+            "voice": "Fragile", "stream_format": "sse", "response_format": "pcm"}
+    response = httpx.post(f"{server.base_url}/v1/audio/speech", json=body, timeout=60)
+    assert response.status_code == 200
+    events = events_of(response)
+    assert events[0]["type"] == "speech.audio.delta"  # the first sentence was heard
+    assert [event["type"] for event in events if event["type"] != "speech.audio.delta"] == ["error"]
+    error = events[-1]["error"]
+    assert error["type"] == "server_error" and error["code"] and error["message"]
+    assert "Traceback" not in error["message"]
