@@ -180,3 +180,43 @@ def test_sse_speech_that_fails_midway_ends_with_an_error_event_not_done(server):
     error = events[-1]["error"]
     assert error["type"] == "server_error" and error["code"] and error["message"]
     assert "Traceback" not in error["message"]
+
+
+# -- who may call (items 7 and 8) ---------------------------------------------------------------------
+
+KEY = "the-abuse-key"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keyed")
+    env = scripted_env(root, scripted_token_delay_s="0.001", scripted_tts_rtf="0.002", api_key=KEY)
+    with running_server("app_stream", env, root / "server.log") as running:
+        yield running
+
+
+def test_with_a_key_the_docs_and_schema_need_it_and_the_page_does_not(keyed):
+    with httpx.Client(base_url=keyed.base_url, timeout=30) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.json()["error"]["type"] == "unauthorized", path
+            assert client.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200, path
+        schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert "/chat2audio" in schema["paths"] and "/docs" not in schema["paths"]
+        assert "/openapi.json" in client.get("/docs", headers={"Authorization": f"Bearer {KEY}"}).text
+        # What stays public with a key set (the README lists it): health, the page and its files.
+        for path in ("/health", "/", "/web/app.js", "/web/style.css"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_a_cross_site_get_that_does_work_is_refused(server):
+    params = {"text": "Hello there.", "text_lang": "en", "ref_audio_path": "x.wav", "prompt_lang": "en"}
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            for path in ("/gsv/tts", "/gsv/"):
+                response = client.get(path, params=params, headers=headers)
+                assert response.status_code == 403, (path, headers, response.text)
+            assert client.get("/speakers", headers=headers).status_code == 403
+        same_site = {"Origin": server.base_url, "Sec-Fetch-Site": "same-origin"}
+        assert client.get("/speakers", headers=same_site).status_code == 200
+        assert client.get("/speakers").status_code == 200  # curl, SDKs: no Origin
