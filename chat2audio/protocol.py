@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +29,13 @@ class ChatOptions(BaseModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Overrides the speaker's reply length cap.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Overrides the LLM sampling temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Overrides the LLM's nucleus sampling (top_p).")
+    seed: int | None = Field(
+        None, ge=-(2**63), lt=2**63, description="Samples reproducibly: the same seed and request give the same reply."
+    )
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=4, description="Up to 4 texts that end the reply where the LLM writes them (not included)."
+    )
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod

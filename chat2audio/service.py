@@ -245,10 +245,13 @@ class ChatService:
         speaker = self.registry.get(request.speaker, needs_voice=not text_only)
         engine = None if text_only else self.registry.engine_for(speaker)
         options = speaker.generation.apply(generation_defaults(self.settings))
-        if request.max_new_tokens is not None:
-            options = replace(options, max_new_tokens=request.max_new_tokens)
-        if request.temperature is not None:
-            options = replace(options, temperature=request.temperature)
+        overrides = {
+            name: value for name in ("max_new_tokens", "temperature", "top_p", "seed")
+            if (value := getattr(request, name)) is not None
+        }
+        if request.stop:
+            overrides["stop"] = tuple(request.stop)
+        options = replace(options, **overrides)
         return _Turn(request_id, speaker, engine, options, request.session_id, text or "", voice)
 
     def _check_messages(self, messages: list[ChatMessage]) -> None:

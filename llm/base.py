@@ -26,6 +26,8 @@ class GenerationOptions:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

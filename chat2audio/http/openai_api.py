@@ -57,6 +57,7 @@ router = protected_router("/v1", error_model=OpenAIError, statuses=(400,))
 
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # accepted; every one is our TTS
 CHAT_MODEL = "chat2audio"
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 PCM_RATE = 24000  # OpenAI's `pcm` / `pcm16`: headerless s16le mono at 24 kHz
 AUDIO_EXPIRES_S = 3600
 STARTED_AT = int(time.time())
@@ -120,6 +121,12 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=2048)
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="The same seed and request give the same reply.")
+    stop: Annotated[str, Field(min_length=1, max_length=64)] | list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, description="Up to 4 texts that end the reply where it writes them."
+    )
+    n: int | None = Field(None, ge=1, description="Only 1: one reply (one voice) per request.")
 
 
 # -- speech ----------------------------------------------------------------------------------------
@@ -172,6 +179,11 @@ async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) 
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: ServiceDep) -> Response:
     """The character's reply to the client's conversation (stateless, as OpenAI's): as text, or
     with `modalities: ["text", "audio"]` and `audio: {voice, format}` as transcript + audio."""
+    if body.n is not None and body.n > 1:
+        raise InvalidInput(f"n={body.n}: this server gives one choice per request; send n=1 (or none)", param="n")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    if stop is not None and len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidInput(f"stop: at most {MAX_STOP_SEQUENCES} sequences", param="stop")
     wants_audio = "audio" in body.modalities
     if wants_audio and body.audio is None:
         raise InvalidInput('modalities ["text", "audio"] need audio: {"voice": ..., "format": ...}', param="audio")
@@ -182,6 +194,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
     options = ChatOptions(
         speaker=speaker.id, format="events" if wants_audio else "text",
         max_new_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
+        top_p=body.top_p, seed=body.seed, stop=stop,
     )
     request_id = request.state.request_id
     events = service.reply_to_messages(
