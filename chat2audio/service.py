@@ -24,10 +24,10 @@ from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUn
 from chat2audio.metrics import LiveCounts, Metrics
 from chat2audio.pipeline import AudioChunk, ReplyFinished, join_sentences, speak_reply
 from chat2audio.protocol import ChatOptions
+from chat2audio.runtime.text import is_speakable
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
 from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
-from chat2audio.runtime.text import is_speakable
 from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
