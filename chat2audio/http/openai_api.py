@@ -122,7 +122,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="The same seed and request give the same reply.")
+    seed: int | None = Field(None, ge=-(2**53), le=2**53, description="The same seed and request give the same reply.")
     stop: Annotated[str, Field(min_length=1, max_length=64)] | list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         None, description="Up to 4 texts that end the reply where it writes them."
     )
