@@ -201,7 +201,7 @@ class ChatService:
         if not text.strip():
             raise InvalidInput("input is empty: give the text to speak", param="input")
         self._check_length(text, "input")
-        if not is_speakable(speakable_text(text)):
+        if not await asyncio.to_thread(_has_speech, text):  # the whole text filtered: off the loop
             raise InvalidInput(
                 "input has nothing to speak: no letters or digits once emoji, invisible characters, markup "
                 "and stage directions are left out", param="input",
@@ -377,6 +377,11 @@ class ChatService:
                 return "".join([piece.text async for piece in pieces])
 
         return translate
+
+
+def _has_speech(text: str) -> bool:
+    """Whether anything of `text` would be spoken (not only emoji, markup, invisible characters)."""
+    return is_speakable(speakable_text(text))
 
 
 def _session_store(settings: Settings) -> SessionStore:

@@ -17,6 +17,10 @@ MARKUP_CHARS = frozenset("`|_^()（）【】[]")  # brackets too: one that opens
 SPELLED_SYMBOLS = frozenset("°℃℉")  # symbols (category So) that spell_symbols turns into words
 INVISIBLE_CHARS = frozenset("\u200d\ufe0e\ufe0f\u200b")
 MAX_UNSPOKEN_SPAN = 160
+# Re-reading of given-up spans allowed (see SpeechFilter._replay): per character pushed, and per
+# character of the span limit (ordinary text never comes near either).
+REREAD_PER_CHAR = 2
+REREAD_PER_SPAN = MAX_UNSPOKEN_SPAN
 _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_MARK = re.compile(r"\s+(?=[,.!?;:，。！？；：、…])")  # left where a span was dropped
 
@@ -38,10 +42,12 @@ _SPELLINGS = [
     (r"\s*(?:℃|°\s?C(?![A-Za-z]))", " degrees Celsius", "摄氏度"),
     (r"\s*(?:℉|°\s?F(?![A-Za-z]))", " degrees Fahrenheit", "华氏度"),
     (r"\s*°", " degrees", "度"),
-    (r"(\d+(?:[.,]\d+)*)\s*[%％]", r"\1 percent", r"百分之\1"),
+    # Each starts only at the start of its run ("(?<!…)"): tried inside a long run of digits or
+    # dashes, a pattern rescanned the rest of the run from every character (quadratic).
+    (r"(?<![\d.,])(\d+(?:[.,]\d+)*)\s*[%％]", r"\1 percent", r"百分之\1"),
     (r"#\s?(?=\d)", "number ", "第"),
     (r"(?<=\d) ?[~～] ?(?=\d)", " to ", "到"),
-    (r"\s*(?:-+|=+)>\s*", " ", " "),  # arrows
+    (r"\s*(?<![-=])(?:-+|=+)>\s*", " ", " "),  # arrows
 ]
 _OPERATORS = {op: (english, zh) for ops, english, zh in [
     ("* ×", "times", "乘"), ("÷", "divided by", "除以"), ("+", "plus", "加"), ("= ==", "equals", "等于"),
@@ -90,8 +96,8 @@ class SpeechFilter:
     close. One that meets a sentence end or a newline first was no stage direction: it is
     abandoned and its text spoken, so a stray "(" or "*" holds audio back one sentence at most.
     Bracket spans without letters ("[1, 2, 3]", "(3.11)") are spoken, without the brackets.
-    A span given up is read again as plain text, in which no span opens (each character is read
-    at most twice).
+    A span given up is read again (spans in it may open), within a budget past which it is read
+    as plain text: linear time on any text.
     "*" opens a span like markdown emphasis: before a non-space, not inside "2*3". "* ", "- "
     or "+ " starting a line is a list bullet, dropped. ``` fenced code is dropped up to its
     closing fence (or the end); `inline code` is spoken without its backticks.
@@ -107,7 +113,9 @@ class SpeechFilter:
         self._in_fence = False
         self._span = ""  # the open unspoken span, opener first
         self._depth = 0
-        self._replaying = False  # a given-up span's text is read again: it opens no span itself
+        self._replaying = False  # reading a given-up span's text again as plain text: it opens no span
+        self._read = 0  # characters pushed
+        self._reread = 0  # characters read again in given-up spans
 
     @property
     def holding(self) -> bool:
@@ -115,6 +123,10 @@ class SpeechFilter:
         return bool(self._span)
 
     def push(self, ch: str) -> None:
+        self._read += 1
+        self._push(ch)
+
+    def _push(self, ch: str) -> None:
         if self._pending:
             self._resolve_pending(ch)
         if ch == "`" and not self._span:
@@ -185,11 +197,15 @@ class SpeechFilter:
         if span[0] in "*<":
             self._speak(span[0])  # left to spell_symbols: "5 *3" is a product
         self._prev, self._line_start = span[0], False
-        # Read once more as plain text, opening no span: a given-up span re-read with openers
-        # in it ("((((…", 160 deep) gave up and re-read again, quadratic in the span limit.
-        self._replaying = True
+        # Its text is read again, spans in it opening as anywhere. Openers that give up in turn
+        # ("((((…", 160 deep) made that cost up to the span limit per character: past a budget
+        # of re-reading (a few times the text, plus a fixed allowance) a given-up span is read
+        # again as plain text that opens no span, so any text is filtered in linear time.
+        replaying = self._replaying
+        self._replaying = replaying or self._reread > REREAD_PER_CHAR * self._read + REREAD_PER_SPAN * self._max_span
+        self._reread += len(span) - 1
         try:
             for ch in span[1:]:
-                self.push(ch)
+                self._push(ch)
         finally:
-            self._replaying = False
+            self._replaying = replaying

@@ -120,8 +120,8 @@ class SentenceSplitter:
         "word" linear, not quadratic."""
         before = self._buffer[-2:-1]
         return (
-            before.isspace() or before in SOFT_BREAKS or is_cjk(self._buffer[-1])
-            or self._weight > 2 * self.config.max_weight
+            before.isspace() or is_cjk(self._buffer[-1]) or self._weight > 2 * self.config.max_weight
+            or (before in SOFT_BREAKS and soft_break(self._buffer[:-1], self._buffer[-1]))
         )
 
     def _decide_boundary_before(self, next_ch: str) -> None:
@@ -155,10 +155,13 @@ class SentenceSplitter:
         self._buffer, self._weight = text, speech_weight(text)
 
     def _lastsoft_break(self, text: str) -> int | None:
+        head_weight = speech_weight(text)  # of text[:index], kept from the back (no rescan per comma)
         for index in range(len(text) - 1, 0, -1):
+            head_weight -= speech_weight(text[index])
+            if head_weight < self.config.min_weight:
+                return None
             if text[index - 1] in SOFT_BREAKS and soft_break(text[:index], text[index]):
-                if speech_weight(text[:index]) >= self.config.min_weight:
-                    return index
+                return index
         return None
 
     def _emit(self, sentence: str) -> None:

@@ -21,6 +21,11 @@ ADVERSARIAL = {
     "one long word": "x" * N,
     "dashes": "-" * N,
     "open emphasis": ("*" + "x" * 20) * (N // 21),
+    "digits": "1" * N,
+    "dotted numbers": "1." * (N // 2),
+    "comma numbers": "1,1" * (N // 3),
+    "equals": "=" * N,
+    "markup in brackets": "<i>*(" * (N // 5),
 }
 
 
@@ -46,6 +51,8 @@ def test_runs_of_whitespace_are_spoken_as_one_space():
 
 
 def test_a_given_up_span_is_read_again_as_text():
-    # An opener that never closes within the span limit is spoken as text, brackets dropped.
+    # An opener that never closes within the span limit is spoken as text, brackets dropped;
+    # the spans inside it still open (a tag is not spoken), also past the re-reading budget.
     assert split_all("(" * 400 + "Hello there.") == ["Hello there."]
     assert split_all("(a stage direction that never closes and goes on " + "and on " * 30 + "end") != []
+    assert split_all("(<b>Hello there.") == ["Hello there."]
