@@ -272,6 +272,13 @@ def input_limits(base_url: str, server) -> str:
     return f"speech {speech.status_code}, first chat message {chat.status_code}"
 
 
+def plain_chat(base_url: str, server) -> str:
+    """Not abusive: an ordinary chat completion, to tell a case's own harm from what any new
+    reply's prompt costs the others (the LLM's prefill, item 3)."""
+    body = {"model": "Aria", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 30}
+    return _answer(_post(base_url, "/v1/chat/completions", body))
+
+
 def openai_parameters(base_url: str, server) -> str:
     messages = [{"role": "user", "content": "Hello!"}]
     n2 = _post(base_url, "/v1/chat/completions", {"model": "Aria", "messages": messages, "n": 2})
@@ -300,6 +307,7 @@ CASES = [  # the LLM engine's own cases (items 1 and 3) last: their harm outlast
     Case("9", "deeply nested JSON", deep_json),
     Case("9", "emoji / zero-width speech", emoji_input),
     Case("9", "input limits", input_limits),
+    Case("", "ordinary chat completion (control for 10)", plain_chat),
     Case("10", "n=2; seed, stop, top_p", openai_parameters),
     Case("1", "temperature 8e-38", tiny_temperature),
     Case("3", "3 KB system prompt", long_system_prompt),

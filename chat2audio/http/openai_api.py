@@ -108,6 +108,9 @@ class AudioOutput(BaseModel):
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
 
 
+StopText = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completions body, the parts a character's reply uses; others are ignored."""
 
@@ -123,9 +126,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=-(2**53), le=2**53, description="The same seed and request give the same reply.")
-    stop: Annotated[str, Field(min_length=1, max_length=64)] | list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        None, description="Up to 4 texts that end the reply where it writes them."
-    )
+    stop: StopText | list[StopText] | None = Field(None, description="Up to 4 texts that end the reply where it writes them.")
     n: int | None = Field(None, ge=1, description="Only 1: one reply (one voice) per request.")
 
 
