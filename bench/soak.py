@@ -6,6 +6,9 @@ and then counts what was left held: admission slots, running replies, conversati
 
 Exits non-zero if threads grew, work kept running for a gone client, memory kept growing, or
 anything was left held after the random hang-ups.
+
+`--abuse` runs the abuse phase instead (bench/abuse.py): each abusive request of issue 19 while
+ordinary streams play, with the streams' worst stall and failures and /health's worst latency.
 """
 
 from __future__ import annotations
@@ -176,7 +179,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--hangups", type=int, default=300, help="clients that hang up at random moments")
     parser.add_argument("--app", default="app_stream", choices=["app_stream", "app_non_stream"])
+    parser.add_argument("--abuse", action="store_true",
+                        help="instead: each abusive request of issue 19 in turn while listeners listen (bench/abuse.py)")
+    parser.add_argument("--backend", default="embedded", choices=["embedded", "scripted"], help="--abuse: which backends")
+    parser.add_argument("--listeners", type=int, default=4, help="--abuse: ordinary streams playing meanwhile")
     args = parser.parse_args()
+    if args.abuse:
+        from bench.abuse import abuse
+
+        report, ok = abuse(args.app, backend=args.backend, listeners=args.listeners)
+        print(report)
+        sys.exit(0 if ok else 1)
     with tempfile.TemporaryDirectory(prefix="chat2audio-soak-") as tmp:
         env = scripted_env(Path(tmp), scripted_token_delay_s="0.005", scripted_tts_rtf="0.02")
         with running_server(args.app, env, Path(tmp) / "server.log") as server:

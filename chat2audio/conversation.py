@@ -1,5 +1,5 @@
-"""A conversation's memory seen from one reply: wait for its turn, read what fits the model's
-context, remember the exchange. Built on a session store and the per-process turn order."""
+"""A conversation's memory seen from one reply: wait for its turn, read its history, remember
+the exchange. Built on a session store and the per-process turn order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from chat2audio.context import TokenCounter, fit_history
 from chat2audio.errors import SessionStoreUnavailable
 from chat2audio.sessions import SessionStore, TurnOrder
 from llm.base import ChatMessage
@@ -31,20 +30,6 @@ class Conversations:
             return
         async with self.turn_order.turn(speaker, session_id):
             yield
-
-    async def messages(
-        self,
-        speaker: str,
-        session_id: str | None,
-        system: list[ChatMessage],
-        user: ChatMessage,
-        *,
-        budget: int | None,
-        count_tokens: TokenCounter,
-    ) -> list[ChatMessage]:
-        """System prompt, the remembered turns that fit `budget` tokens, and the new input."""
-        history = await self.history(speaker, session_id) if session_id is not None else []
-        return fit_history(system, history, user, budget=budget, count_tokens=count_tokens)
 
     async def history(self, speaker: str, session_id: str) -> list[ChatMessage]:
         """The remembered turns; a store that cannot be read is a 503 naming the way out."""

@@ -74,6 +74,10 @@ class ReplyTimeout(Exception):
     """The reply did not finish within the request timeout."""
 
 
+# The splitter takes a long piece (a whole text to speak) this many characters at a time, so
+# that the event loop serves other requests in between; its sentences do not depend on the cuts.
+FEED_CHARS = 256
+
 _END = object()
 _NO_AUDIO = np.zeros(0, dtype=np.float32)
 
@@ -185,8 +189,10 @@ async def _write_sentences(
                 seen.raw_text += piece.text
                 if piece.finish_reason:
                     seen.finish_reason = piece.finish_reason
-                for sentence in splitter.feed(piece.text):
-                    await written.put(sentence)
+                for start in range(0, len(piece.text), FEED_CHARS):
+                    for sentence in splitter.feed(piece.text[start : start + FEED_CHARS]):
+                        await written.put(sentence)
+                    await asyncio.sleep(0)  # a long piece (a text to speak) leaves the loop to others between slices
                 if running_dry is not None and written.empty() and (dry := running_dry()) is not None:
                     for sentence in splitter.cut_early(at_words=dry):
                         await written.put(sentence)

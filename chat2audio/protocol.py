@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,8 +29,15 @@ class ChatOptions(BaseModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Overrides the speaker's reply length cap.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Overrides the LLM sampling temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Overrides the LLM's nucleus sampling (top_p).")
+    seed: int | None = Field(
+        None, ge=-(2**53), le=2**53, description="Samples reproducibly: the same seed and request give the same reply."
+    )
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=4, description="Up to 4 texts that end the reply where the LLM writes them (not included)."
+    )
 
-    @field_validator("max_new_tokens", mode="before")
+    @field_validator("max_new_tokens", "seed", mode="before")
     @classmethod
     def _whole_number(cls, value: object) -> object:
         # JSON has one number type: 256.0 is an integer to JSON Schema, so accept it as one.

@@ -7,9 +7,12 @@ It raises domain errors (`chat2audio.errors`) and engine errors, and knows nothi
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, replace
 from typing import Union
@@ -21,10 +24,11 @@ from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUn
 from chat2audio.metrics import LiveCounts, Metrics
 from chat2audio.pipeline import AudioChunk, ReplyFinished, join_sentences, speak_reply
 from chat2audio.protocol import ChatOptions
+from chat2audio.runtime.text import is_speakable
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
 from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
-from chat2audio.splitter import SplitterConfig
+from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from llm.verbatim import VerbatimText
@@ -95,6 +99,9 @@ class ChatService:
         self.stt_error: str | None = None
         self.splitter_config = SplitterConfig()
         self.metrics = Metrics(self._live_counts)
+        # Prompts are fitted (tokenized) off the event loop, one at a time: a tokenizer is
+        # blocking work, and a fast tokenizer used from two threads at once fails.
+        self._prompt_fitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-prompt")
 
     def _live_counts(self) -> LiveCounts:
         running = self.admission.running_now
@@ -132,6 +139,7 @@ class ChatService:
         for backend in (self.llm, self.stt, *self.registry.engines.values()):
             if backend is not None:
                 await backend.stop()
+        await asyncio.to_thread(self._prompt_fitter.shutdown, wait=True, cancel_futures=True)
 
     async def reply(
         self,
@@ -168,22 +176,20 @@ class ChatService:
         as much of its history as fits the context, then its last message, which must be the user's."""
         if not messages or messages[-1].role != "user":
             raise InvalidInput("messages must end with the user's message")
+        self._check_messages(messages)
         turn = self._resolve(request, messages[-1].content, None, request_id)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
             own_system = [m for m in messages[:-1] if m.role == "system"]
             history = [m for m in messages[:-1] if m.role != "system"]
-            budget, count_tokens = self._prompt_budget(turn)
-            prompt = fit_history(
-                self._role_prompt(turn) + own_system, history, messages[-1], budget=budget, count_tokens=count_tokens
-            )
+            prompt = await self._fitted(turn, self._role_prompt(turn) + own_system, history, messages[-1])
             async with aclosing(self._started(turn, holding, prompt, stream_first_sentence)) as events:
                 async for event in events:
                     yield event
 
     async def speak_text(
-        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0, max_chars: int | None = None,
+        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0,
         voice: VoiceParams | None = None, stream_first_sentence: bool = True,
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
@@ -193,10 +199,13 @@ class ChatService:
         if not self.voices_ready:
             raise NotReady("voices are still loading; retry shortly", headers={"Retry-After": "5"})
         if not text.strip():
-            raise InvalidInput("input is empty: give the text to speak")
-        limit = max_chars or self.settings.max_input_chars
-        if len(text) > limit:
-            raise InvalidInput(f"input is {len(text)} characters; the limit is {limit}")
+            raise InvalidInput("input is empty: give the text to speak", param="input")
+        self._check_length(text, "input")
+        if not await asyncio.to_thread(_has_speech, text):  # the whole text filtered: off the loop
+            raise InvalidInput(
+                "input has nothing to speak: no letters or digits once emoji, invisible characters, markup "
+                "and stage directions are left out", param="input",
+            )
         speaker = self.registry.get(speaker_id)
         assert speaker.voice is not None
         voice = voice or speaker.voice
@@ -236,15 +245,36 @@ class ChatService:
         speaker = self.registry.get(request.speaker, needs_voice=not text_only)
         engine = None if text_only else self.registry.engine_for(speaker)
         options = speaker.generation.apply(generation_defaults(self.settings))
-        if request.max_new_tokens is not None:
-            options = replace(options, max_new_tokens=request.max_new_tokens)
-        if request.temperature is not None:
-            options = replace(options, temperature=request.temperature)
+        overrides = {
+            name: value for name in ("max_new_tokens", "temperature", "top_p", "seed")
+            if (value := getattr(request, name)) is not None
+        }
+        if request.stop:
+            overrides["stop"] = tuple(request.stop)
+        options = replace(options, **overrides)
         return _Turn(request_id, speaker, engine, options, request.session_id, text or "", voice)
+
+    def _check_messages(self, messages: list[ChatMessage]) -> None:
+        """A client-kept conversation within the limits: at most `max_messages` messages, each
+        at most `max_input_chars` long (checked before any of it is tokenized)."""
+        if len(messages) > self.settings.max_messages:
+            raise InvalidInput(
+                f"messages has {len(messages)} entries; the limit is {self.settings.max_messages} "
+                "(CHAT2AUDIO_MAX_MESSAGES): send the newest ones", param="messages",
+            )
+        for index, message in enumerate(messages):
+            if len(message.content) > self.settings.max_input_chars:
+                raise InvalidInput(
+                    f"messages[{index}] is {len(message.content)} characters; the limit is {self.settings.max_input_chars}",
+                    param=f"messages[{index}].content",
+                )
 
     def _check_length(self, text: str, what: str) -> None:
         if len(text) > self.settings.max_input_chars:
-            raise InvalidInput(f"{what} is {len(text)} characters; the limit is {self.settings.max_input_chars}")
+            raise InvalidInput(
+                f"{what} is {len(text)} characters; the limit is {self.settings.max_input_chars} (CHAT2AUDIO_MAX_INPUT_CHARS)",
+                param="input",
+            )
 
     async def _transcribe(self, turn: _Turn) -> None:
         assert self.stt is not None and turn.voice is not None
@@ -256,11 +286,16 @@ class ChatService:
         turn.user_input = turn.transcript
 
     async def _messages(self, turn: _Turn) -> list[ChatMessage]:
+        history = await self.conversations.history(turn.speaker.id, turn.session_id) if turn.session_id else []
+        return await self._fitted(turn, self._role_prompt(turn), history, ChatMessage("user", turn.user_input))
+
+    async def _fitted(
+        self, turn: _Turn, system: list[ChatMessage], history: list[ChatMessage], user: ChatMessage
+    ) -> list[ChatMessage]:
+        """The prompt: as much of `history` as fits the context, counted on the fitting thread."""
         budget, count_tokens = self._prompt_budget(turn)
-        return await self.conversations.messages(
-            turn.speaker.id, turn.session_id, self._role_prompt(turn), ChatMessage("user", turn.user_input),
-            budget=budget, count_tokens=count_tokens,
-        )
+        fit = functools.partial(fit_history, system, history, user, budget=budget, count_tokens=count_tokens)
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_fitter, fit)
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
@@ -342,6 +377,11 @@ class ChatService:
                 return "".join([piece.text async for piece in pieces])
 
         return translate
+
+
+def _has_speech(text: str) -> bool:
+    """Whether anything of `text` would be spoken (not only emoji, markup, invisible characters)."""
+    return is_speakable(speakable_text(text))
 
 
 def _session_store(settings: Settings) -> SessionStore:

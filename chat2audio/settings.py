@@ -104,7 +104,12 @@ class Settings(BaseSettings):
         2, ge=1, description="idle GPT-SoVITS voices kept loaded (LRU); voices of running replies are never evicted"
     )
 
-    max_input_chars: int = Field(2000, ge=1)
+    max_input_chars: int = Field(
+        2000, ge=1, description="longest text accepted: /chat2audio's input, each chat message, a text to speak"
+    )
+    max_messages: int = Field(
+        500, ge=1, description="most messages one /v1/chat/completions request may send (400 beyond)"
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # 8: on 2 CPU cores the embedded LLM decodes 8 replies together at ~3.5x the tokens/s of one
     # (bench: N = 8 at once), each still faster than eSpeak speaks; a GPU takes more (set it higher).
@@ -113,6 +118,9 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a running slot or a session's turn (503 after)")
     max_waiting_turns: int = Field(2, ge=0, description="turns of one session that may wait for it (429 beyond)")
     request_timeout_s: float = Field(300.0, gt=0, description="a reply taking longer fails with 504")
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="longest a response waits for a client that stopped reading before it is abandoned"
+    )
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, in-flight replies get this long")
     sentence_queue_size: int = Field(4, ge=1)
     session_max_turns: int = Field(10, ge=0, description="user+assistant exchanges remembered per session")
@@ -165,6 +173,11 @@ class Settings(BaseSettings):
     def llm_batch_size(self) -> int:
         """Replies the in-process LLM decodes together: every running reply, unless configured."""
         return self.llm_max_batch or self.max_concurrent_requests
+
+    @property
+    def request_life_s(self) -> float:
+        """The longest any request may live: its wait for a slot, its reply, and one stalled send."""
+        return self.queue_timeout_s + self.request_timeout_s + self.send_timeout_s
 
     @property
     def tts_batch_size(self) -> int:

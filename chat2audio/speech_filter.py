@@ -17,6 +17,10 @@ MARKUP_CHARS = frozenset("`|_^()（）【】[]")  # brackets too: one that opens
 SPELLED_SYMBOLS = frozenset("°℃℉")  # symbols (category So) that spell_symbols turns into words
 INVISIBLE_CHARS = frozenset("\u200d\ufe0e\ufe0f\u200b")
 MAX_UNSPOKEN_SPAN = 160
+# Re-reading of given-up spans allowed (see SpeechFilter._replay): per character pushed, and per
+# character of the span limit (ordinary text never comes near either).
+REREAD_PER_CHAR = 2
+REREAD_PER_SPAN = MAX_UNSPOKEN_SPAN
 _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_MARK = re.compile(r"\s+(?=[,.!?;:，。！？；：、…])")  # left where a span was dropped
 
@@ -38,10 +42,12 @@ _SPELLINGS = [
     (r"\s*(?:℃|°\s?C(?![A-Za-z]))", " degrees Celsius", "摄氏度"),
     (r"\s*(?:℉|°\s?F(?![A-Za-z]))", " degrees Fahrenheit", "华氏度"),
     (r"\s*°", " degrees", "度"),
-    (r"(\d+(?:[.,]\d+)*)\s*[%％]", r"\1 percent", r"百分之\1"),
+    # Each starts only at the start of its run ("(?<!…)"): tried inside a long run of digits or
+    # dashes, a pattern rescanned the rest of the run from every character (quadratic).
+    (r"(?<![\d.,])(\d+(?:[.,]\d+)*)\s*[%％]", r"\1 percent", r"百分之\1"),
     (r"#\s?(?=\d)", "number ", "第"),
     (r"(?<=\d) ?[~～] ?(?=\d)", " to ", "到"),
-    (r"\s*(?:-+|=+)>\s*", " ", " "),  # arrows
+    (r"\s*(?<![-=])(?:-+|=+)>\s*", " ", " "),  # arrows
 ]
 _OPERATORS = {op: (english, zh) for ops, english, zh in [
     ("* ×", "times", "乘"), ("÷", "divided by", "除以"), ("+", "plus", "加"), ("= ==", "equals", "等于"),
@@ -74,11 +80,13 @@ def speakable_text(sentence: str) -> str:
     for ch in sentence:
         speech.push(ch)
     speech.flush()
-    return tidy(spell_symbols("".join(chars)))
+    return tidy(spell_symbols(_WHITESPACE.sub(" ", "".join(chars))))  # joined first: see tidy()
 
 
 def tidy(sentence: str) -> str:
-    return _WHITESPACE.sub(" ", _SPACE_BEFORE_MARK.sub("", sentence)).strip()
+    # Runs of spaces joined first: the lookahead of _SPACE_BEFORE_MARK rescans a long run from
+    # each of its characters (4,096 spaces took 1.5 s).
+    return _SPACE_BEFORE_MARK.sub("", _WHITESPACE.sub(" ", sentence)).strip()
 
 
 class SpeechFilter:
@@ -88,6 +96,8 @@ class SpeechFilter:
     close. One that meets a sentence end or a newline first was no stage direction: it is
     abandoned and its text spoken, so a stray "(" or "*" holds audio back one sentence at most.
     Bracket spans without letters ("[1, 2, 3]", "(3.11)") are spoken, without the brackets.
+    A span given up is read again (spans in it may open), within a budget past which it is read
+    as plain text: linear time on any text.
     "*" opens a span like markdown emphasis: before a non-space, not inside "2*3". "* ", "- "
     or "+ " starting a line is a list bullet, dropped. ``` fenced code is dropped up to its
     closing fence (or the end); `inline code` is spoken without its backticks.
@@ -103,6 +113,9 @@ class SpeechFilter:
         self._in_fence = False
         self._span = ""  # the open unspoken span, opener first
         self._depth = 0
+        self._replaying = False  # reading a given-up span's text again as plain text: it opens no span
+        self._read = 0  # characters pushed
+        self._reread = 0  # characters read again in given-up spans
 
     @property
     def holding(self) -> bool:
@@ -110,6 +123,10 @@ class SpeechFilter:
         return bool(self._span)
 
     def push(self, ch: str) -> None:
+        self._read += 1
+        self._push(ch)
+
+    def _push(self, ch: str) -> None:
         if self._pending:
             self._resolve_pending(ch)
         if ch == "`" and not self._span:
@@ -138,7 +155,7 @@ class SpeechFilter:
     def _push_plain(self, ch: str) -> None:
         if ch in "*<" or (ch in "-+" and self._line_start):
             self._pending, self._pending_at = ch, (self._prev, self._line_start)
-        elif ch in BRACKETS:
+        elif ch in BRACKETS and not self._replaying:
             self._span, self._depth = ch, 1
         elif not is_dropped_char(ch):
             self._speak(ch)
@@ -148,6 +165,9 @@ class SpeechFilter:
         self._pending = ""
         if line_start and ch in "*-+" and after in (" ", "\t"):
             return  # a list bullet
+        if self._replaying:
+            self._speak(ch)
+            return
         if ch == "*" and after.strip() and not (ascii_alnum(before) and ascii_alnum(after)):
             self._span, self._depth = ch, 1  # like markdown emphasis; "2*3" is a product
         elif ch == "<" and after and ((after.isascii() and after.isalpha()) or after in "/!"):
@@ -177,5 +197,15 @@ class SpeechFilter:
         if span[0] in "*<":
             self._speak(span[0])  # left to spell_symbols: "5 *3" is a product
         self._prev, self._line_start = span[0], False
-        for ch in span[1:]:
-            self.push(ch)
+        # Its text is read again, spans in it opening as anywhere. Openers that give up in turn
+        # ("((((…", 160 deep) made that cost up to the span limit per character: past a budget
+        # of re-reading (a few times the text, plus a fixed allowance) a given-up span is read
+        # again as plain text that opens no span, so any text is filtered in linear time.
+        replaying = self._replaying
+        self._replaying = replaying or self._reread > REREAD_PER_CHAR * self._read + REREAD_PER_SPAN * self._max_span
+        self._reread += len(span) - 1
+        try:
+            for ch in span[1:]:
+                self._push(ch)
+        finally:
+            self._replaying = replaying

@@ -51,6 +51,7 @@ class SentenceSplitter:
     def __init__(self, config: SplitterConfig | None = None) -> None:
         self.config = config or SplitterConfig()
         self._buffer = ""  # spoken text not yet emitted
+        self._weight = 0  # speech_weight(self._buffer), kept as characters come: no rescan per character
         self._quotes: Counter = Counter()  # quote marks spoken so far, to know if one is open
         self._filter = SpeechFilter(self._push_spoken, self.config.max_unspoken_span)
         self._out: list[str] = []
@@ -72,7 +73,8 @@ class SentenceSplitter:
         not a complete sentence is dropped, unless it is all there is."""
         self._filter.flush()
         self._finished = True
-        tail, self._buffer = self._buffer.strip(), ""
+        tail = self._buffer.strip()
+        self._set_buffer("")
         if tail and not (drop_incomplete and self._emitted_count and not ends_sentence(tail)):
             self._emit(tail)
         out, self._out = self._out, []
@@ -86,21 +88,41 @@ class SentenceSplitter:
             return []
         text = self._buffer
         cut = self._lastsoft_break(text)
-        if cut is None and at_words and speech_weight(text) >= self.config.min_weight:
+        if cut is None and at_words and self._weight >= self.config.min_weight:
             cut = _last_word_boundary(text)
         if cut:
-            head, self._buffer = text[:cut], text[cut:]
+            head = text[:cut]
+            self._set_buffer(text[cut:])
             self._emit(head)
         out, self._out = self._out, []
         return out
 
     def _push_spoken(self, ch: str) -> None:
+        if ch.isspace() and self._buffer[-1:].isspace():
+            # A run of spaces is said as one (tidy() joins it anyway): kept whole, a buffer of
+            # nothing but whitespace grew without bound and each character rescanned it.
+            if ch == "\n" and self._buffer[-1] != "\n":
+                self._buffer = self._buffer[:-1] + ch
+            return
         self._decide_boundary_before(ch)
         self._buffer += ch
+        was_long = self._weight > self.config.max_weight
+        self._weight += speech_weight(ch)
         if ch in QUOTE_PAIRS or ch in QUOTE_PAIRS.values() or ch == '"':
             self._quotes[ch] += 1
-        if speech_weight(self._buffer) > self.config.max_weight:
+        if self._weight > self.config.max_weight and (not was_long or self._may_cut_now()):
             self._cut_long_run()
+
+    def _may_cut_now(self) -> bool:
+        """Whether a run already too long (and found with no place to cut) may have gained one
+        with its last character (a break or a space before it, or CJK text, whose words need no
+        spaces), or must be cut anyway. Not retrying after every character keeps one long
+        "word" linear, not quadratic."""
+        before = self._buffer[-2:-1]
+        return (
+            before.isspace() or is_cjk(self._buffer[-1]) or self._weight > 2 * self.config.max_weight
+            or (before in SOFT_BREAKS and soft_break(self._buffer[:-1], self._buffer[-1]))
+        )
 
     def _decide_boundary_before(self, next_ch: str) -> None:
         """A sentence ending at the buffer's end is only certain once the next character is
@@ -115,8 +137,8 @@ class SentenceSplitter:
             minimum = self.config.first_soft_break_min_weight
         else:
             return
-        if speech_weight(candidate) >= minimum and is_speakable(candidate):
-            self._buffer = ""
+        if self._weight >= minimum and is_speakable(candidate):
+            self._set_buffer("")
             self._emit(candidate)
 
     def _cut_long_run(self) -> None:
@@ -125,14 +147,21 @@ class SentenceSplitter:
         if not cut and speech_weight(text) > 2 * self.config.max_weight:
             cut = len(text)  # one endless "word" (a URL, a key mash): no boundary to respect
         if cut:
-            head, self._buffer = text[:cut], text[cut:]
+            head = text[:cut]
+            self._set_buffer(text[cut:])
             self._emit(head)
 
+    def _set_buffer(self, text: str) -> None:
+        self._buffer, self._weight = text, speech_weight(text)
+
     def _lastsoft_break(self, text: str) -> int | None:
+        head_weight = speech_weight(text)  # of text[:index], kept from the back (no rescan per comma)
         for index in range(len(text) - 1, 0, -1):
+            head_weight -= speech_weight(text[index])
+            if head_weight < self.config.min_weight:
+                return None
             if text[index - 1] in SOFT_BREAKS and soft_break(text[:index], text[index]):
-                if speech_weight(text[:index]) >= self.config.min_weight:
-                    return index
+                return index
         return None
 
     def _emit(self, sentence: str) -> None:

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from chat2audio.http import chat, gsv, openai_api, sessions, status
+from chat2audio.http import chat, docs, gsv, openai_api, sessions, status
 from chat2audio.http.errors import install_error_handlers
 from chat2audio.http.middleware import RequestContext, default_allowed_hosts
 from chat2audio.service import ChatService
@@ -44,11 +44,12 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
         description="Talk with role-played characters in their own voice.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by http/docs.py, behind the API key
     )
     app.state.streaming = streaming
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (status, chat, sessions, gsv, openai_api):
+    for module in (status, chat, sessions, gsv, openai_api, docs):
         app.include_router(module.router)
     web = Path(__file__).parent.parent / "web"
     app.mount("/web", StaticFiles(directory=web), name="web")
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, streaming: bool) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         allowed_hosts=settings.allowed_hosts or default_allowed_hosts(settings.host),
+        send_timeout_s=settings.send_timeout_s, life_s=settings.request_life_s,
     )
     return app
 

@@ -7,13 +7,13 @@ from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.codecs import StreamEncoder
 from chat2audio.http.encoders import (
-    AUDIO_AND_EVENT_MEDIA_TYPES,
+    AUDIO_AND_EVENT_MEDIA_TYPES, AudioStreamResponse,
     encoded_stream, event_stream, open_reply, text_headers, wav_stream, whole_file, whole_wav,
 )
 from chat2audio.http.errors import ClientGone
@@ -56,11 +56,11 @@ async def chat2audio(parsed: Annotated[ChatInput, Depends(parse_chat_request)], 
         if streaming:
             encoder = StreamEncoder(parsed.options.format, reply.started.sample_rate)
             headers["X-Sample-Rate"] = str(encoder.output_rate)
-            return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
+            return AudioStreamResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
         audio, media_type, rate = await unless_client_leaves(request, whole_file(reply, parsed.options.format))
         return Response(audio, media_type=media_type, headers=headers | {"X-Sample-Rate": str(rate)})
     if streaming:
-        return StreamingResponse(wav_stream(reply), media_type="audio/wav", headers=headers)
+        return AudioStreamResponse(wav_stream(reply), media_type="audio/wav", headers=headers)
     audio, finished, seconds = await unless_client_leaves(request, whole_wav(reply))
     headers |= text_headers(finished) | {"X-Audio-Seconds": f"{seconds:.3f}"}
     return Response(audio, media_type="audio/wav", headers=headers)

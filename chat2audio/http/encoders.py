@@ -19,9 +19,12 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import anyio
 import numpy as np
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from sse_starlette import ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
 from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
@@ -55,6 +58,24 @@ class OpenedReply:
             yield item
         async for item in self.rest:
             yield item  # type: ignore[misc]  # ReplyStarted comes first, never again
+
+
+CLOSE_BODY_S = 5.0  # a reply's clean-up (stopping its pipeline) is quick; never wait on it forever
+
+
+class AudioStreamResponse(StreamingResponse):
+    """A StreamingResponse that closes its body (and so the reply: its slot, its model work) the
+    moment the response ends, however it ends. Starlette leaves a body whose `send` failed (a
+    client that stopped reading, see http/middleware.py) suspended at its `yield` until the
+    garbage collector finds it, which held the reply's slot for as long. (sse_starlette's
+    EventSourceResponse closes its body itself.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.move_on_after(CLOSE_BODY_S, shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 async def open_reply(events: AsyncIterator[ReplyEvent], request: Request) -> OpenedReply:
@@ -91,9 +112,9 @@ async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
             log.error("request %s: stream ended early: %s", reply.request_id, failure.message)
 
 
-async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """The reply's audio through `encoder` (mp3, opus, …), each piece sent as soon as the codec
-    gives it. Once audio has started an error can only end the stream early (and is logged)."""
+async def encoded_audio(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """The reply's audio through `encoder` (mp3, opus, …), each piece as soon as the codec gives
+    it; a failure on the way is raised, for a stream that can report it (events)."""
     try:
         async with aclosing(reply.rest):
             async for item in reply.items():
@@ -101,10 +122,19 @@ async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIte
                     yield data
             if data := encoder.finish():
                 yield data
-    except Exception as error:
-        log.error("request %s: stream ended early: %s", reply.request_id, error_detail(error, reply.request_id).message)
     finally:
         encoder.close()
+
+
+async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    """`encoded_audio` as a plain audio stream: once audio has started an error can only end
+    the stream early (and is logged)."""
+    try:
+        async with aclosing(encoded_audio(reply, encoder)) as pieces:
+            async for data in pieces:
+                yield data
+    except Exception as error:
+        log.error("request %s: stream ended early: %s", reply.request_id, error_detail(error, reply.request_id).message)
 
 
 async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:

@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chat2audio.codecs import StreamEncoder
 from chat2audio.errors import ServiceError
 from chat2audio.http.chat import unless_client_leaves
 from chat2audio.http.deps import protected_router
-from chat2audio.http.encoders import OpenedReply, encoded_stream, open_reply, whole_file
+from chat2audio.http.encoders import AudioStreamResponse, OpenedReply, encoded_stream, open_reply, whole_file
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyTimeout
 from chat2audio.runtime.errors import EngineError
@@ -290,7 +290,7 @@ async def _speak(request: Request, raw: dict[str, Any]) -> Response:
         if params.streaming:
             encoder = StreamEncoder(encoder_format, reply.started.sample_rate)
             headers["X-Sample-Rate"] = str(encoder.output_rate)
-            return StreamingResponse(encoded_stream(reply, encoder), media_type=media_type, headers=headers)
+            return AudioStreamResponse(encoded_stream(reply, encoder), media_type=media_type, headers=headers)
         audio, _, rate = await unless_client_leaves(request, whole_file(reply, encoder_format))
         return Response(audio, media_type=media_type, headers=headers | {"X-Sample-Rate": str(rate)})
     except ApiV2Error as error:
@@ -321,6 +321,8 @@ async def _json_params(request: Request) -> dict[str, Any]:
         params = json.loads(body) if body.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiV2Error(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiV2Error("the body is nested too deeply to be api_v2's /tts parameters") from None
     if not isinstance(params, dict):
         raise ApiV2Error("the body must be a JSON object of api_v2's /tts parameters")
     return params

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 
@@ -11,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chat2audio.http.errors import error_body
 
+log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -28,13 +31,24 @@ class RequestContext:
     - a Host header not in `allowed_hosts` (400): a DNS-rebinding page names its own host;
     - more than one Content-Type header (400): the limit below and the route must read the same one;
     - bodies over the limit (413): `max_body_bytes` for JSON, `max_upload_bytes` for multipart
-      uploads (voice input)."""
+      uploads (voice input).
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, allowed_hosts: list[str]) -> None:
+    It also bounds how long a request may hold its slot when its client does not cooperate
+    (uvicorn has no write timeout): one `send` may wait `send_timeout_s` for a client that stopped
+    reading, and the whole request lives at most `life_s`. Past either, the request is abandoned:
+    its work is cancelled, its slot freed, its connection closed (uvicorn logs that the response
+    was not completed)."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, allowed_hosts: list[str],
+        send_timeout_s: float, life_s: float,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.allowed_hosts = allowed_hosts
+        self.send_timeout_s = send_timeout_s
+        self.life_s = life_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,21 +89,42 @@ class RequestContext:
             return message
 
         status = 500  # what the client got, if the app never answered
+        started = stalled = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started, stalled
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
-            await send(message)
+            try:
+                # Blocks while the client's TCP window is full: a client that stops reading
+                # would otherwise hold its slot (and its reply's model work) forever.
+                await asyncio.wait_for(send(message), self.send_timeout_s)
+            except TimeoutError:
+                stalled = True
+                raise ClientStalled from None
+
+        async def bounded() -> None:
+            try:
+                async with asyncio.timeout(self.life_s):
+                    await self.app(scope, limited_receive, send_with_id)
+            except TimeoutError:
+                log.warning("request %s abandoned: still running after %.0f s", request_id, self.life_s)
+                if not started:
+                    await _reject(send, request_id, 504, "timeout", "the request took too long", path=path)
+            except Exception:
+                # Starlette may wrap it in an exception group: the flag says what happened.
+                if not stalled:
+                    raise
+                log.warning("request %s abandoned: its client read nothing for %.0f s", request_id, self.send_timeout_s)
 
         metrics = _metrics_of(scope)
         if metrics is None:  # the service is not built yet (start-up) or this is not our app
-            await self.app(scope, limited_receive, send_with_id)
+            await bounded()
             return
         metrics.in_flight.inc()
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await bounded()
         finally:
             metrics.in_flight.dec()
             # The route's template (/speakers/{speaker_id}/portrait), never the raw path: one series a route.
@@ -103,6 +138,10 @@ class RequestContext:
             if allowed == "*" or host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
                 return True
         return False
+
+
+class ClientStalled(Exception):
+    """The client read nothing for the send timeout; the request is abandoned."""
 
 
 def _metrics_of(scope: Scope):

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -30,7 +30,9 @@ from chat2audio.context import estimate_tokens
 from chat2audio.errors import InvalidInput, UnknownVoice
 from chat2audio.http.chat import SSE_PING_S, unless_client_leaves
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_stream, open_reply, whole_file
+from chat2audio.http.encoders import (
+    AUDIO_AND_EVENT_MEDIA_TYPES, AudioStreamResponse, OpenedReply, encoded_audio, encoded_stream, open_reply, whole_file,
+)
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import ReplyFinished, join_sentences
 from chat2audio.protocol import ChatOptions
@@ -55,7 +57,7 @@ router = protected_router("/v1", error_model=OpenAIError, statuses=(400,))
 
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # accepted; every one is our TTS
 CHAT_MODEL = "chat2audio"
-MAX_SPEECH_CHARS = 4096  # OpenAI's limit for `input`
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 PCM_RATE = 24000  # OpenAI's `pcm` / `pcm16`: headerless s16le mono at 24 kHz
 AUDIO_EXPIRES_S = 3600
 STARTED_AT = int(time.time())
@@ -77,7 +79,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field("tts-1", description="Any value; every model is this server's TTS.")
-    input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, description="The text to speak, verbatim.")
+    input: str = Field(min_length=1, description="The text to speak, verbatim; at most CHAT2AUDIO_MAX_INPUT_CHARS characters.")
     voice: Voice = Field(description="A speaker id (GET /v1/audio/voices) or an OpenAI voice name mapped to one.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="Scales the voice's own speed, within what its engine allows.")
@@ -106,6 +108,9 @@ class AudioOutput(BaseModel):
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
 
 
+StopText = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completions body, the parts a character's reply uses; others are ignored."""
 
@@ -119,6 +124,10 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=2048)
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=-(2**53), le=2**53, description="The same seed and request give the same reply.")
+    stop: StopText | list[StopText] | None = Field(None, description="Up to 4 texts that end the reply where it writes them.")
+    n: int | None = Field(None, ge=1, description="Only 1: one reply (one voice) per request.")
 
 
 # -- speech ----------------------------------------------------------------------------------------
@@ -132,7 +141,7 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     speaker = _speaker_for(service, body.voice, param="voice")
     pcm_rate = PCM_RATE if body.response_format == "pcm" else None
     events = service.speak_text(
-        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed, max_chars=MAX_SPEECH_CHARS,
+        speaker.id, body.input, request_id=request.state.request_id, speed=body.speed,
         stream_first_sentence=request.app.state.streaming,
     )
     reply = await unless_client_leaves(request, open_reply(events, request))
@@ -144,14 +153,21 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     headers["X-Sample-Rate"] = str(encoder.output_rate)
     if body.stream_format == "sse":
         return EventSourceResponse(_speech_events(reply, encoder, body.input), headers=headers, ping=SSE_PING_S, sep="\n")
-    return StreamingResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
+    return AudioStreamResponse(encoded_stream(reply, encoder), media_type=encoder.media_type, headers=headers)
 
 
 async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) -> AsyncIterator[ServerSentEvent]:
     """OpenAI's speech events: `speech.audio.delta` with base64 audio, then `speech.audio.done`
-    with usage (input tokens estimated from the text; this server counts no audio tokens)."""
-    async for data in encoded_stream(reply, encoder):
-        yield ServerSentEvent(data=json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}))
+    with usage (input tokens estimated from the text; this server counts no audio tokens); or,
+    when synthesis fails or times out on the way, an `error` event in OpenAI's error shape (as the
+    chat-completions stream reports one) instead of the done event: the audio is incomplete."""
+    try:
+        async with aclosing(encoded_audio(reply, encoder)) as pieces:
+            async for data in pieces:
+                yield ServerSentEvent(data=json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}))
+    except Exception as error:
+        yield ServerSentEvent(data=json.dumps({"type": "error", "error": _stream_error(error, reply.request_id)}))
+        return
     tokens = estimate_tokens([ChatMessage("user", text)])
     usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}
     yield ServerSentEvent(data=json.dumps({"type": "speech.audio.done", "usage": usage}))
@@ -164,6 +180,11 @@ async def _speech_events(reply: OpenedReply, encoder: StreamEncoder, text: str) 
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: ServiceDep) -> Response:
     """The character's reply to the client's conversation (stateless, as OpenAI's): as text, or
     with `modalities: ["text", "audio"]` and `audio: {voice, format}` as transcript + audio."""
+    if body.n is not None and body.n > 1:
+        raise InvalidInput(f"n={body.n}: this server gives one choice per request; send n=1 (or none)", param="n")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    if stop is not None and len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidInput(f"stop: at most {MAX_STOP_SEQUENCES} sequences", param="stop")
     wants_audio = "audio" in body.modalities
     if wants_audio and body.audio is None:
         raise InvalidInput('modalities ["text", "audio"] need audio: {"voice": ..., "format": ...}', param="audio")
@@ -174,6 +195,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
     options = ChatOptions(
         speaker=speaker.id, format="events" if wants_audio else "text",
         max_new_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
+        top_p=body.top_p, seed=body.seed, stop=stop,
     )
     request_id = request.state.request_id
     events = service.reply_to_messages(
@@ -256,8 +278,7 @@ class _Completion:
                         pending.clear()
                         yield self._chunk({"audio": audio})
         except Exception as error:
-            failure = error_detail(error, self.reply.request_id)
-            yield ServerSentEvent(data=json.dumps({"error": {"message": failure.message, "type": "server_error", "param": None, "code": failure.type}}))
+            yield ServerSentEvent(data=json.dumps({"error": _stream_error(error, self.reply.request_id)}))
             return
         finally:
             if self.encoder is not None:
@@ -271,6 +292,12 @@ class _Completion:
 
     def _envelope(self, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": [choice]}
+
+
+def _stream_error(error: Exception, request_id: str) -> dict[str, Any]:
+    """An error after a stream started, in OpenAI's error shape (our error type as the code)."""
+    failure = error_detail(error, request_id)
+    return {"message": failure.message, "type": "server_error", "param": None, "code": failure.type}
 
 
 def _chat_messages(messages: list[Message]) -> list[ChatMessage]:

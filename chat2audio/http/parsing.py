@@ -12,7 +12,7 @@ from chat2audio.errors import InvalidInput, UnsupportedMediaType
 from chat2audio.protocol import ChatOptions, ChatRequest
 from chat2audio.service import VoiceInput
 
-NUMERIC_FORM_FIELDS = {"max_new_tokens": int, "temperature": float}
+NUMERIC_FORM_FIELDS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int}
 
 
 @dataclass(frozen=True)
