@@ -75,7 +75,8 @@ def test_concurrent_interleaved_voices_each_sound_exactly_as_alone(gsv_env, tmp_
         return int(np.abs(a - b).max())
 
     # 16-bit steps of float summation-order noise: 1 alone, up to 12 seen on a loaded 2-core machine.
-    rounding = 64
+    # A bf16 vocoder (CHAT2AUDIO_TTS_PRECISION=auto on a CPU with AVX512-BF16) rounds more: ~128 seen.
+    rounding = 256
     assert steps_apart(alone["Nahida"], alone["Klee"]) > 800  # measured: 12,791
     for speaker, audio in zip(order, together):
         assert steps_apart(audio, alone[speaker]) <= rounding, f"{speaker} sounded different next to the other voice"

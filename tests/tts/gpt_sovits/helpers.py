@@ -22,3 +22,11 @@ def joined(chunks: list[np.ndarray]) -> np.ndarray:
 def assert_audio(chunk: np.ndarray) -> None:
     assert chunk.dtype == np.float32 and chunk.ndim == 1 and chunk.size > 0
     assert np.isfinite(chunk).all() and np.abs(chunk).max() <= 1.0
+
+
+def summation_noise(engine) -> float:
+    """How far two syntheses of the same tokens may be apart: oneDNN may sum the vocoder's floats in
+    another order from one call to the next, a few 16-bit steps in fp32; a bf16 vocoder rounds each
+    layer's output to 8 bits of mantissa, so one flipped rounding grows to ~100 steps (seen: 128).
+    Another token or another voice is thousands of steps away either way."""
+    return (16 if engine.precision.vocoder == "fp32" else 256) / 32768
