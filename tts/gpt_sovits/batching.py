@@ -9,7 +9,7 @@ settings; only the GPT's matrix products are shared, so voices never mix, and wi
 sampling a sentence comes out as it does alone.
 
 The SoVITS vocoder is not autoregressive and runs per sentence between steps, most urgent first: a
-streamed sentence's chunk every `stream_chunk` tokens, or a whole sentence when its GPT pass ends.
+streamed sentence's chunks as its `ChunkSchedule` says, or a whole sentence when its GPT pass ends.
 
 Sentences wait in deadline order (`speaking_by`): the most urgent joins first. A batch holds one
 GPT's sentences (each character usually has its own fine-tuned GPT); when several GPTs have
@@ -37,6 +37,7 @@ from chat2audio.runtime.audio import clean_audio
 from tts.base import TTSError
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
 from tts.gpt_sovits.guard import GenerationGuard
+from tts.gpt_sovits.precision import kv_cache_dtype
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice
 
@@ -76,11 +77,38 @@ class Sentence:
     stream: _StreamState | None = None
 
 
+@dataclass(frozen=True)
+class ChunkSchedule:
+    """Where a streamed sentence's chunks end, and when each is vocoded.
+
+    The first chunk is small and vocoded the moment its tokens exist: time to first audio is the
+    prompt plus `first` GPT steps, not a second of speech (gsv_tts' 25 tokens). What it plays
+    (`first` minus the overlap) must last until the second chunk is ready, so the second is as small;
+    after that, chunks of `size` tokens keep the vocoder's per-call cost low. Every later chunk is
+    vocoded `lookahead` tokens after its end, so its last frames are decoded with what follows them;
+    the overlap is cross-faded into the next chunk (SOLA), so joins do not click.
+    """
+
+    first: int = 12
+    size: int = 25
+    lookahead: int = 5
+
+    def end(self, chunk: int) -> int:
+        """Where chunk number `chunk` (0, 1, ...) ends, in tokens."""
+        if chunk < 2:
+            return self.first * (chunk + 1)
+        return 2 * self.first + (chunk - 1) * self.size
+
+    def vocode_at(self, chunk: int) -> int:
+        """How many tokens must exist before chunk number `chunk` is vocoded."""
+        return self.end(chunk) + (0 if chunk == 0 else self.lookahead)
+
+
 @dataclass
 class _StreamState:
     """Where a streamed sentence's vocoding stands between chunks."""
 
-    held_tokens: int | None = None  # a chunk ready but held back one chunk, as gsv_tts does
+    chunks: int = 0  # chunks vocoded so far
     valid_start: int = 0
     y_overlap: Any = None  # the SoVITS encoder's overlap (gsv_tts keeps it on the model: one per sentence here)
     audio_overlap: Any = None  # the end of the last chunk; None until the first is vocoded
@@ -95,8 +123,7 @@ class _Batch:
 
         self.t2s, self.max_context = t2s, max_context
         self.rows: list[Sentence] = []
-        weight = t2s.ar_predict_layer.weight
-        self.device, self.dtype = weight.device, weight.dtype
+        self.device, self.dtype = t2s.ar_predict_layer.weight.device, kv_cache_dtype(t2s)
         self.layers, self.heads = t2s.num_layers, t2s.num_head
         self.head_dim = t2s.model_dim // t2s.num_head
         self.positions = (t2s.ar_audio_position.alpha * t2s.ar_audio_position.pe).transpose(0, 1)  # [pos, 1, D]
@@ -155,10 +182,10 @@ class SentenceBatcher:
         stats: EngineStats,
         max_batch: int,
         max_context: int,
-        stream_chunk: int,
+        chunks: ChunkSchedule,
     ) -> None:
         self.worker, self.cache, self.guard, self.stats = worker, cache, guard, stats
-        self.max_batch, self.max_context, self.stream_chunk = max_batch, max_context, stream_chunk
+        self.max_batch, self.max_context, self.chunks = max_batch, max_context, chunks
         self.batches: dict[str, _Batch] = {}  # by GPT weights
         self._waiting: list[tuple[float, int, Sentence]] = []
         self._order = itertools.count()
@@ -352,8 +379,9 @@ class SentenceBatcher:
                 continue
             row.tokens.append(int(token))
             row.history = torch.cat([row.history, token], dim=1)
-            if row.stream is not None and len(row.tokens) % self.stream_chunk == 0:
-                vocoding.extend(_stream_chunks_due(row, len(row.tokens), self.stream_chunk))
+            if row.stream is not None and len(row.tokens) == self.chunks.vocode_at(row.stream.chunks):
+                vocoding.append((row, self.chunks.end(row.stream.chunks), False))
+                row.stream.chunks += 1
         inputs = batch.embed(torch.cat(samples), lengths - torch.tensor([row.text_phones for row in rows], device=lengths.device))
         for row, row_input in zip(rows, inputs.split(1)):
             row.next_input = row_input
@@ -417,17 +445,6 @@ class SentenceBatcher:
             pause = PAUSE_AFTER_S * PAUSE_SCALE.get(sentence.text.rstrip()[-1:], 1.0) / voice.speed_factor
             samples = _with_silence(samples, round(pause * tts.samplerate))
         return clean_audio(samples)
-
-
-def _stream_chunks_due(row: Sentence, tokens: int, chunk: int) -> list[tuple[Sentence, int, bool]]:
-    """A streamed sentence's chunk boundary: the first chunk goes at once, later ones one chunk late
-    (so the vocoder never ends a chunk on the newest tokens; gsv_tts' schedule)."""
-    state = row.stream
-    if tokens == chunk:
-        return [(row, tokens, False)]
-    due = [] if state.held_tokens is None else [(row, state.held_tokens, False)]
-    state.held_tokens = tokens
-    return due
 
 
 def _with_silence(samples: Any, count: int) -> Any:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tts.base import TTSError
+from tts.gpt_sovits.precision import PrecisionPlan, convert_gpt, convert_vocoder
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice, ref_text_with_final_pause, voice_files
 
@@ -79,6 +80,7 @@ class VoiceCache:
         self.cache_size = max(1, cache_size)
         self.stats = stats
         self.tts: Any = None  # gsv_tts' TTS while the engine runs
+        self.precision: PrecisionPlan | None = None  # set with `tts`: each model is converted as it loads
         self.voices: OrderedDict[str, PreparedVoice] = OrderedDict()
         # Voice key → replies holding it. Changed on the event loop, read by the worker: hence the lock.
         self._holds: Counter[str] = Counter()
@@ -199,6 +201,8 @@ class VoiceCache:
         tts = self.tts
         if gpt_key not in tts.gpt_models:
             tts.load_gpt_model(gpt_key)
+            if self.precision is not None:
+                convert_gpt(tts.gpt_models[gpt_key].t2s_model, self.precision.gpt)
             self.stats.gpt_loads += 1
 
     def _load_sovits(self, sovits_key: str) -> None:
@@ -207,6 +211,8 @@ class VoiceCache:
             with warnings.catch_warnings():  # gsv_tts builds the decoder with the deprecated weight_norm
                 warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
                 tts.load_sovits_model(sovits_key)
+            if self.precision is not None:
+                convert_vocoder(tts.sovits_models[sovits_key].vq_model, self.precision.vocoder)
             self.stats.sovits_loads += 1
 
     def _evict(self, key: str) -> None:
