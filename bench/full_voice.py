@@ -56,6 +56,17 @@ def _reply_channel():
     return replies
 
 
+def _described(plan) -> str | None:
+    """What the engine chose for its precision setting (engines before precisions: None)."""
+    return plan.describe() if hasattr(plan, "describe") else (str(plan) if plan is not None else None)
+
+
+def _default(function, name: str):
+    """A keyword's default (the engine is built with it), or None where the engine has no such keyword."""
+    parameter = inspect.signature(function).parameters.get(name)
+    return parameter.default if parameter is not None else None
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -79,8 +90,8 @@ async def _serve_ours(args: argparse.Namespace) -> None:
     stats = engine.stats
     replies.write(json.dumps({
         "ready": True, "load_s": time.perf_counter() - began,
-        "precision": str(getattr(engine, "precision", None) or args.precision),
-        "first_chunk_tokens": getattr(engine, "first_chunk_tokens", None),
+        "precision": _described(getattr(engine, "precision", None)) or args.precision,
+        "first_chunk_tokens": _default(GPTSoVITSEngine, "first_chunk_tokens"),
         "stream_chunk_tokens": engine.stream_chunk_tokens,
     }) + "\n")
     loop = asyncio.get_running_loop()
