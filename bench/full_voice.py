@@ -73,7 +73,7 @@ def _peak_rss_mb() -> float:
 
 async def _serve_ours(args: argparse.Namespace) -> None:
     from tests.fixtures.full_gpt_sovits import full_voice
-    from tts.gpt_sovits import SAMPLE_RATE, GPTSoVITSEngine
+    from tts.gpt_sovits import GPTSoVITSEngine
 
     replies = _reply_channel()
     voice = full_voice(top_k=1, noise_scale=0.0)
@@ -96,26 +96,25 @@ async def _serve_ours(args: argparse.Namespace) -> None:
     }) + "\n")
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
-        text = json.loads(line)["text"]
-        began, first, samples = time.perf_counter(), None, 0
-        async for chunk in engine.synthesize(text, voice, streaming=True):
-            first = first if first is not None else time.perf_counter() - began
-            samples += chunk.size
-        streamed_s, streamed_audio = time.perf_counter() - began, samples / SAMPLE_RATE
+        request = json.loads(line)
         seconds, calls, vocoded = dict(stats.stage_seconds), dict(stats.stage_calls), stats.vocoded_audio_s
-        began, samples = time.perf_counter(), 0
-        async for chunk in engine.synthesize(text, voice):
-            samples += chunk.size
-        whole_s, audio_s = time.perf_counter() - began, samples / SAMPLE_RATE
+        began, first = time.perf_counter(), None
+        async for _chunk in engine.synthesize(request["text"], voice, streaming=True):
+            first = first if first is not None else time.perf_counter() - began
+        streamed_s = time.perf_counter() - began
         spent = {stage: stats.stage_seconds[stage] - seconds[stage] for stage in seconds}
         steps = stats.stage_calls["gpt_step"] - calls["gpt_step"]
-        replies.write(json.dumps({
-            "first_chunk_s": first, "stream_s": streamed_s, "stream_audio_s": streamed_audio,
-            "whole_s": whole_s, "whole_audio_s": audio_s, "tokens": stats.tokens_last, "text_s": spent["text"],
+        result = {
+            "first_chunk_s": first, "stream_s": streamed_s, "tokens": stats.tokens_last, "text_s": spent["text"],
             "gpt_prompt_s": spent["gpt_prompt"], "gpt_step_ms": 1000 * spent["gpt_step"] / max(steps, 1),
             "vocoder_rtf": spent["vocoder"] / max(stats.vocoded_audio_s - vocoded, 1e-9),
-            "peak_rss_mb": _peak_rss_mb(),
-        }) + "\n")
+        }
+        if request.get("whole"):  # the same sentence unstreamed, as a reply's later sentences are
+            began = time.perf_counter()
+            async for _chunk in engine.synthesize(request["text"], voice):
+                pass
+            result["whole_s"] = time.perf_counter() - began
+        replies.write(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}) + "\n")
     await engine.stop()
 
 
@@ -176,8 +175,7 @@ def _serve_gsv(args: argparse.Namespace) -> None:
             bound(request["text"], int(request["tokens"]))
             first, synth_s, audio_s = speak(request["text"])
         replies.write(json.dumps({
-            "first_chunk_s": first, "stream_s": synth_s, "stream_audio_s": audio_s,
-            "tokens": int(request["tokens"]), "peak_rss_mb": _peak_rss_mb(),
+            "first_chunk_s": first, "stream_s": synth_s, "tokens": int(request["tokens"]), "peak_rss_mb": _peak_rss_mb(),
         }) + "\n")
 
 
@@ -220,6 +218,7 @@ class Row:
             self.error = str(error)
             return None
         self.results.append(result)
+        print(f"full-voice: {self.label}: {json.dumps(result)}", file=sys.stderr, flush=True)  # progress
         return result
 
     async def stop(self) -> None:
@@ -292,7 +291,7 @@ async def in_process_rows(
         await row.start()
     budgets = []
     for text in texts:
-        results = [await row.ask({"text": text}) for row in ours]
+        results = [await row.ask({"text": text, "whole": profile.whole_runs}) for row in ours]
         budgets.append(next((r["tokens"] for r in results if r), None))
     for row in ours:
         await row.stop()
@@ -417,10 +416,11 @@ async def run_full_voice(
         f"{per_sentence}\n\n"
         "First chunk: the first audio of a streamed sentence (Genie does not stream inside a sentence: its whole "
         "sentence). RTF = synthesis s of the whole sentence / its speech (tokens / 25 s; the pause each engine appends "
-        "is not counted), streamed (as the first sentence of a reply is) and whole (as the later ones are). GPT "
-        "ms/step, vocoder RTF (vocoder s / audio s), text+BERT (g2p and BERT features) and GPT prompt (the prompt's "
-        "prefill) are each engine's own stage timings over the whole-sentence run (ours: EngineStats); peak RSS is "
-        f"each row's own process.\n\n{ratio_table(rows)}\n"
+        "is not counted), streamed (as the first sentence of a reply is; Genie: none) and whole (unstreamed, as the "
+        "later ones are; ours only with FullVoiceProfile.whole_runs). GPT ms/step, vocoder RTF (vocoder s / audio s), "
+        "text+BERT (g2p and BERT features) and GPT prompt (the prompt's prefill) are each engine's own stage timings "
+        "over the sentence (ours: EngineStats, streamed); peak RSS is each row's own process.\n\n"
+        f"{ratio_table(rows)}\n"
     )
     streams = await stream_app_rows(profile, workdir, precisions, concurrency)
     part(
@@ -447,15 +447,17 @@ def ratio_table(rows: list[Row]) -> str:
     def ratio(a: float | None, b: float | None) -> str:
         return fmt(a / b, 2) if a and b else "–"
 
+    def rtf(row: Row) -> float | None:  # as the row speaks a reply's first sentence: streamed where it can
+        return totals(row, "stream") or totals(row, "whole")
+
     base = rows[0]
     lines = [
-        [row.label, ratio(first_chunk(row), first_chunk(base)), ratio(totals(row, "stream"), totals(base, "stream")),
-         ratio(totals(row, "whole"), totals(base, "whole"))]
+        [row.label, ratio(first_chunk(row), first_chunk(base)), ratio(rtf(row), rtf(base))]
         for row in rows[1:] if row.results
     ]
     if not lines:
         return ""
-    header = [f"ratio to {base.label} (< 1: faster)", "first chunk p50", "RTF streamed", "RTF whole"]
+    header = [f"ratio to {base.label} (< 1: faster)", "first chunk p50", "RTF (streamed; Genie: whole)"]
     return table(header, lines)
 
 

@@ -228,6 +228,7 @@ class FullVoiceProfile(Profile):
     speaker = "Full"
     max_new_tokens = 400
     concurrency = [1, 2, 4]
+    whole_runs = False  # True: each sentence of ours also unstreamed (RTF whole); doubles their time
 
     def __init__(self) -> None:
         from bench.full_voice import sentences
