@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chat2audio.runtime.cores import CoreShare
 from llm.base import GenerationOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,11 @@ class TestingSettings(BaseModel):
     )
     tts_scheduling: Literal["deadline", "fifo"] = Field(
         "deadline", description="fifo = sentences synthesized in the order they come (before deadlines); for benchmarks"
+    )
+    gpt_sovits_tokens_per_phone: float | None = Field(
+        None, gt=0,
+        description="GPT-SoVITS token budget per phoneme (unset: the engine's 6). A random-weight GPT never says "
+        "EOS, so tests and benchmarks set ~3, a real voice's rate, to get speech of a real length",
     )
 
 
@@ -89,6 +95,11 @@ class Settings(BaseSettings):
         description="GPT-SoVITS weights' precision: auto = the fastest faithful one the device supports "
         "(CUDA: fp16; CPU: int8 GPT and BERT, bf16 vocoder where the CPU has AVX512-BF16, else fp32)",
     )
+    torch_threads: int | None = Field(
+        None, ge=1,
+        description="intra-op threads of each in-process torch engine (the LLM, GPT-SoVITS). Unset: every core "
+        "while one engine computes, an equal share while several compute at once",
+    )
     tts_cache_size: int = Field(
         2, ge=1, description="idle GPT-SoVITS voices kept loaded (LRU); voices of running replies are never evicted"
     )
@@ -148,6 +159,8 @@ class Settings(BaseSettings):
         value = value.expanduser()
         return value if value.is_absolute() else PROJECT_ROOT / value
 
+    _core_share: CoreShare | None = PrivateAttr(None)
+
     @property
     def llm_batch_size(self) -> int:
         """Replies the in-process LLM decodes together: every running reply, unless configured."""
@@ -157,6 +170,12 @@ class Settings(BaseSettings):
     def tts_batch_size(self) -> int:
         """Sentences GPT-SoVITS decodes together: one per running reply, unless configured."""
         return self.tts_max_batch or self.max_concurrent_requests
+
+    def core_share(self) -> CoreShare:
+        """The cores this service's torch engines share: one per settings, so per app."""
+        if self._core_share is None:
+            self._core_share = CoreShare(fixed=self.torch_threads)
+        return self._core_share
 
     def model_path(self, value: str) -> Path:
         """A model named in the configuration: a relative path lies under the models dir."""

@@ -116,9 +116,13 @@ def _gpt_sovits(settings: Settings) -> TTSEngine:
             raise ImportError(f"{package} is not installed (pip install gsv-tts-lite)", name=package)
     from tts.gpt_sovits import GPTSoVITSEngine
 
+    budget = {}
+    if settings.testing.gpt_sovits_tokens_per_phone:
+        budget = {"tokens_per_phone": settings.testing.gpt_sovits_tokens_per_phone, "min_tokens": 10}
     return GPTSoVITSEngine(
+        **budget,
         models_dir=settings.models_dir, device=settings.device, cache_size=settings.tts_cache_size,
-        max_batch=settings.tts_batch_size, precision=settings.tts_precision,
+        max_batch=settings.tts_batch_size, precision=settings.tts_precision, cores=settings.core_share(),
     )
 
 

@@ -26,6 +26,11 @@ class GenerationOptions:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    # The reply's own random numbers: a seeded reply is the same whatever runs beside it.
+    seed: int | None = None
+    # The reply ends (finish_reason "stop") where its text would contain one of these; neither
+    # the stop string nor anything after it is sent.
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Continuous batching for an in-process causal LM: concurrent replies share decode steps.
 
-One thread owns the model. Each step it lets newcomers in, runs one forward pass for every
-running reply, samples each row with that reply's own settings, and hands each reply its new
-text. A reply leaves at its end, its token limit, or the step after its client hung up: its slot
-is free at once. Newcomers are let in before the next step, since a new reply has no audio
-buffered at its client while the running ones do.
+One thread owns the model. Each step it lets newcomers in, runs a forward pass for the running
+replies, samples each row on its own with that reply's own settings (a row that yields no token
+ends alone) and hands each reply its new text; then, for about as long as that step took
+(PREFILL_SHARE), it computes newcomers' prompts, a long one in chunks over several steps, so that
+a long prompt slows the running replies down instead of stopping them. A reply leaves at its
+end, its token limit, a stop string, or the step after its client hung up: its slot is free at
+once.
 
 Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module does about it:
 
@@ -16,7 +18,8 @@ Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module do
 - A decode step mostly reads the weights: 8 rows take ~1.6 times as long as one. The KV cache
   (`_Rows`) has spare columns: a step writes its column in place, where transformers'
   DynamicCache copies the whole cache (torch.cat) per layer per step; a leaving row is replaced
-  by the last row instead of copying all the others.
+  by the last row instead of copying all the others. Rows whose lengths differ too much decode
+  in separate passes (buckets), so that short rows are not padded to a long prompt's length.
 - Sampling works on the [rows, vocabulary] logits: the repetition penalty is one gather and one
   scatter for all rows, and nucleus sampling sorts only the most likely tokens (`_nucleus`),
   not the whole vocabulary (which took ~4 ms a row).
@@ -31,14 +34,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.stops import StopStrings
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +55,32 @@ _END = object()
 # reply, and newcomers share a pass even if that pads their prompts by a few tokens.
 PASS_COST_TOKENS = 32
 MIN_SHARED_PREFIX = PASS_COST_TOKENS
-# Newcomers prefilled in one forward pass hold at most this many (padded) prompt tokens, which
-# bounds the activations' memory; a newcomer with a longer prompt is prefilled alone.
-MAX_PREFILL_TOKENS = 4096
+# Between two decode steps, newcomers' prompts are computed for about this share of a decode
+# step's time (at least one pass): the running replies keep about half their pace however long
+# a newcomer's prompt (one pass over a 3 KB prompt stopped them for 7-11 s on a busy 2-core
+# CPU), and a long prompt is computed in passes sized to fit, measured as it goes. Larger admits
+# a long prompt sooner; smaller keeps more of the running replies' pace (bench/llm_prefill.py).
+PREFILL_SHARE = 1.0
+# A prompt pass computes at least this many tokens (a pass has a cost of its own) and at most
+# this many, which bounds its activations' memory and how long it holds the running replies
+# up: newcomers share a pass (their padded own parts) only if it fits, whatever the step's time.
+MIN_PREFILL_CHUNK_TOKENS = 32
+PREFILL_CHUNK_TOKENS = 256
+# Rows decode in one pass, their caches left-padded to the longest, while the padding is at
+# most their real columns or this many columns: a short row never holds a long one's length
+# in padding (8 rows beside an 8k-token prompt held ~3 GB), and a few thousand columns cost
+# less than a pass of their own.
+PADDING_ALLOWANCE_COLUMNS = 2048
 # Columns a row-cache grows by when a step runs out of room (one copy per this many steps).
 SPARE_COLUMNS = 128
 # Nucleus sampling looks at this many most likely tokens first (the whole vocabulary only if
 # their probabilities do not add up to top_p).
 NUCLEUS_CANDIDATES = 256
+# A temperature below this is greedy. It could only change the draw where two logits are within
+# about 1e-4 of each other (a gap of 1e-3 divided by 1e-5 leaves the runner-up odds of e^-100),
+# which is the rounding noise of the logits themselves; far below it, the scaled logits overflow
+# float32 (8e-38 and 1e-320 both gave inf and NaN).
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(eq=False)
@@ -71,10 +95,16 @@ class _Reply:
     prompt: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
+    stops: StopStrings = field(init=False)
     # The distinct tokens of the prompt and reply so far (set and tensor), for the repetition
     # penalty; made at the first penalised sampling.
     seen: set[int] | None = None
     seen_ids: Any = None
+    # A seeded reply's own random numbers (None: torch's global generator).
+    generator: Any = None
+
+    def __post_init__(self) -> None:
+        self.stops = StopStrings(self.options.stop)
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
@@ -97,22 +127,34 @@ class ContinuousBatcher:
         self.eos_ids = eos_ids
         self.tokens_generated = 0
         self._inbox: queue.Queue[_Reply | None] = queue.Queue()
-        self._joining: list[_Reply] = []
-        self._batch: _Rows | None = None
+        # Newcomers whose prompts are being computed, first come first served; replaced, never
+        # mutated, since `active` reads it from other threads.
+        self._prefills: list[_PrefillJob] = []
+        # The running rows in groups that decode in one pass each (see `_Rows.accepts`).
+        self._buckets: list[_Rows] = []
+        # What the last steps took, which sizes the next prompt passes (see `_prefill_some`).
+        self._decode_s = 0.0
+        self._prefill_token_s: float | None = None
+        self._chunk_tokens = PREFILL_CHUNK_TOKENS
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
 
     @property
     def _rows(self) -> list[_Reply]:
-        batch = self._batch  # read once: `active` reads this from other threads
-        return batch.replies if batch is not None else []
+        return [reply for bucket in list(self._buckets) for reply in bucket.replies]
 
     @property
     def active(self) -> int:
         """Replies decoding, being prefilled or waiting to join (a finished or hung-up row is not
         counted, even in the moment before the batch thread drops it)."""
-        running = {*self._rows, *self._joining}  # a newcomer is in both while it joins
+        prefilling = [reply for job in self._prefills for reply in job.replies]
+        running = {*self._rows, *prefilling}  # a newcomer is in both while it joins
         return sum(1 for reply in running if not reply.cancelled.is_set()) + self._inbox.qsize()
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Memory held by the running rows' KV caches (padding and spare columns included)."""
+        return sum(bucket.nbytes for bucket in list(self._buckets))
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
@@ -136,27 +178,31 @@ class ContinuousBatcher:
 
         with torch.inference_mode():
             while self._admit():
-                if not self._rows:
-                    continue
                 try:
+                    # Running rows take a step, then newcomers' prompts take about as long: a
+                    # long prompt slows the running replies down for a while, it never stops them.
                     self._step()
+                    self._prefill_some()
                 except Exception:  # a failed step fails its replies, never the thread
                     log.exception("LLM decode step failed")
                     self._fail_all(LLMError("the LLM failed while writing the reply; see the server log", status=500))
 
     def _fail_all(self, error: LLMError) -> None:
-        for reply in self._rows:
+        for reply in [*self._rows, *(reply for job in self._prefills for reply in job.replies)]:
             if not reply.cancelled.is_set():
                 _fail(reply, error)
-        self._batch = None
+        self._buckets, self._prefills = [], []
 
     def _admit(self) -> bool:
-        """Let every waiting newcomer in (blocking while idle); False once closed."""
+        """Let every waiting newcomer in (blocking while idle) and plan its prefill; False once closed."""
+        import torch
+
+        taken = len(self._rows) + sum(len(job.replies) for job in self._prefills)
         newcomers: list[_Reply] = []
         open_ = True
-        while len(self._rows) + len(newcomers) < self.max_batch:
+        while taken + len(newcomers) < self.max_batch:
             try:
-                reply = self._inbox.get(block=not self._rows and not newcomers)
+                reply = self._inbox.get(block=not taken and not newcomers)
             except queue.Empty:
                 break
             if reply is None:
@@ -164,74 +210,133 @@ class ContinuousBatcher:
                 break
             if not reply.cancelled.is_set():
                 newcomers.append(reply)
-        if newcomers and open_:
-            self._joining = newcomers
-            try:
-                self._join(newcomers)
-            finally:
-                self._joining = []
-        return open_
-
-    def _join(self, newcomers: list[_Reply]) -> None:
-        """Prefill the newcomers (together where that saves work), add them to the batch and
-        give each its first token. A newcomer whose prompt fails is told; the rest go on."""
-        import torch
-
+        if not open_:
+            return False
         readable = []
         for reply in newcomers:
             try:
                 reply.prompt = _chat_ids(self.tokenizer, reply.messages)
+                if reply.options.seed is not None:
+                    reply.generator = torch.Generator(self.device).manual_seed(torch_seed(reply.options.seed))
                 readable.append(reply)
             except Exception:
                 log.exception("LLM prompt failed")
                 _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
-        prefilled = [part for group in _plan_prefill(readable) for part in self._prefill_or_fail(group)]
-        joined = [reply for part in prefilled for reply in part.replies]
+        self._prefills = [*self._prefills, *(self._job(group) for group in _plan_prefill(readable))]
+        return True
+
+    def _job(self, group: list[_Reply]) -> _PrefillJob:
+        return _PrefillJob(group, self._prefill_passes(group))
+
+    def _prefill_some(self) -> None:
+        """Newcomers' prompt passes, first come first served, for about PREFILL_SHARE of a decode
+        step's time (at least one pass; no limit while nothing decodes); a newcomer whose prompt
+        is done joins the running rows."""
+        spent_s = 0.0
+        while self._prefills:
+            budget_s = PREFILL_SHARE * self._decode_s if self._buckets else math.inf
+            if spent_s and spent_s >= budget_s:
+                break
+            self._chunk_tokens = self._chunk_for(budget_s - spent_s)
+            job = self._prefills[0]
+            if all(reply.cancelled.is_set() for reply in job.replies):  # nobody waits for it
+                self._prefills = self._prefills[1:]
+                continue
+            started = time.perf_counter()
+            try:
+                tokens = next(job.passes)
+                self._timed_prefill(tokens, time.perf_counter() - started)
+                spent_s += time.perf_counter() - started
+                continue
+            except StopIteration as done:
+                prefill: _Prefill = done.value
+            except Exception:
+                log.exception("LLM prefill failed")
+                # Each newcomer alone, so that only a reply at fault fails (or all of them, if
+                # the model is at fault).
+                alone = [self._job([reply]) for reply in job.replies] if len(job.replies) > 1 else []
+                self._prefills = [*alone, *self._prefills[1:]]
+                if not alone:
+                    _fail(job.replies[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
+                spent_s += time.perf_counter() - started
+                continue
+            self._timed_prefill(prefill.last_pass_tokens, time.perf_counter() - started)
+            self._prefills = self._prefills[1:]
+            self._join(prefill)
+            spent_s += time.perf_counter() - started
+
+    def _chunk_for(self, budget_s: float) -> int:
+        """The prompt tokens a pass may compute in `budget_s`, as prefill has gone so far."""
+        if budget_s == math.inf:
+            return PREFILL_CHUNK_TOKENS
+        if self._prefill_token_s is None:
+            return MIN_PREFILL_CHUNK_TOKENS
+        return int(min(PREFILL_CHUNK_TOKENS, max(MIN_PREFILL_CHUNK_TOKENS, budget_s / self._prefill_token_s)))
+
+    def _timed_prefill(self, tokens: int, seconds: float) -> None:
+        # Shorter passes would overstate a token's cost (a pass's own overhead dominates them).
+        if tokens >= MIN_PREFILL_CHUNK_TOKENS:
+            self._prefill_token_s = _smoothed(self._prefill_token_s, seconds / tokens)
+
+    def _join(self, prefill: _Prefill) -> None:
+        """Add prefilled newcomers to the running rows and give each its first token."""
         try:
-            if joined:
-                logits = torch.cat([part.logits for part in prefilled])
-                self._batch = _Rows.gather(self._batch, joined, [row for part in prefilled for row in part.rows])
-                for reply, token in zip(joined, sample_next(logits, joined)):
-                    self._take(reply, token)
+            # Each row to the bucket it pads least, if any accepts it (else, with the rest of its
+            # group, to a new one: a group's own parts differ by less than a pass); then one copy
+            # of each bucket that grows.
+            placed: dict[int, list[int]] = {}
+            for i, row in enumerate(prefill.rows):
+                length = row[0][0].shape[1]
+                fitting = [b for b, bucket in enumerate(self._buckets) if bucket.accepts(length)]
+                target = min(fitting, key=lambda b: self._buckets[b].padding_with(length), default=-1)
+                placed.setdefault(target, []).append(i)
+            buckets = list(self._buckets)
+            for target, rows in placed.items():
+                joined = _Rows.gather(
+                    buckets[target] if target >= 0 else None,
+                    [prefill.replies[i] for i in rows], [prefill.rows[i] for i in rows],
+                )
+                if target >= 0:
+                    buckets[target] = joined
+                else:
+                    buckets.append(joined)
+            self._buckets = buckets
+            for reply, token in zip(prefill.replies, sample_next(prefill.logits, prefill.replies)):
+                self._take(reply, token)
         except Exception:  # the newcomers fail; the running rows go on
             log.exception("LLM prefill failed")
-            for reply in joined:
+            for reply in prefill.replies:
                 if not reply.cancelled.is_set():
                     _fail(reply, LLMError("the LLM failed to read the prompt; see the server log", status=500))
 
-    def _prefill_or_fail(self, group: list[_Reply]) -> list[_Prefill]:
-        """The group's prefill; if it fails, each reply's alone, so that only a reply at fault
-        fails (or all of them, if the model is at fault)."""
-        try:
-            return [self._prefill(group)]
-        except Exception:
-            log.exception("LLM prefill failed")
-        if len(group) > 1:
-            return [part for reply in group for part in self._prefill_or_fail([reply])]
-        _fail(group[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
-        return []
+    def _prefill_passes(self, group: list[_Reply]) -> Generator[int, None, _Prefill]:
+        """The group's prompts, one forward pass per `next` (yielding the tokens it computed),
+        returning each one's KV cache and first logits.
 
-    def _prefill(self, group: list[_Reply]) -> _Prefill:
-        """One forward pass over the group's prompts (right-padded: no mask needed, as every real
-        token only looks back at real tokens), after the prefix they share; that prefix is
-        copied from a running row that holds it, else computed once."""
+        The prefix the group shares is copied from a running row that holds it, else computed
+        once, in passes as long as `_prefill_some` allows; then each prompt's own part takes one
+        pass, right-padded (no mask needed, as every real token only looks back at real tokens).
+        A lone prompt is all prefix but the part that its last pass computes."""
         from transformers import DynamicCache
 
         alone = len(group) == 1
+        first = group[0].prompt
         shared = 0 if alone else _shared_prefix([reply.prompt for reply in group])
-        donor, copied = 0, 0
-        if self._batch is not None:
-            reach = len(group[0].prompt) - 1 if alone else shared
-            donor, copied = self._batch.prefix_donor(group[0].prompt, limit=reach)
-        if alone:
-            shared = copied  # a lone newcomer computes the rest of its prompt in one pass
-        cache = DynamicCache(ddp_cache_data=self._batch.prefix(donor, copied)) if copied else DynamicCache()
-        if shared > copied:
+        # Read in the same `next` as the first pass (which copies it): a running row can move.
+        donor, row, copied = self._prefix_donor(first, limit=len(first) - 1 if alone else shared)
+        cache = DynamicCache(ddp_cache_data=donor.prefix(row, copied)) if donor is not None else DynamicCache()
+        start = copied
+        # Chunks as `_prefill_some` sizes them; a lone prompt's last chunk is its last pass.
+        while start < (shared if not alone else len(first) - self._chunk_tokens):
+            end = min(start + self._chunk_tokens, shared if not alone else len(first) - 1)
             self.model(
-                input_ids=self._tensor([group[0].prompt[copied:shared]]),
-                position_ids=self._positions(copied, shared - copied, 1),
+                input_ids=self._tensor([first[start:end]]), position_ids=self._positions(start, end - start, 1),
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
+            yield end - start
+            start = end
+        if alone:
+            shared = start
         if not alone and shared:
             cache.batch_repeat_interleave(len(group))
         rests = [reply.prompt[shared:] for reply in group]
@@ -248,30 +353,57 @@ class ContinuousBatcher:
             [(layer.keys[i, :, : len(reply.prompt)], layer.values[i, :, : len(reply.prompt)]) for layer in cache.layers]
             for i, reply in enumerate(group)
         ]
-        return _Prefill(group, rows, logits)
+        return _Prefill(group, rows, logits, last_pass_tokens=len(group) * width)
+
+    def _prefix_donor(self, prompt: list[int], limit: int) -> tuple[_Rows | None, int, int]:
+        """The running row whose prompt shares the longest prefix with `prompt` (at most `limit`
+        tokens, and none under MIN_SHARED_PREFIX): its bucket, its row there, and that length."""
+        best: tuple[_Rows | None, int, int] = (None, 0, 0)
+        for bucket in self._buckets:
+            row, length = bucket.prefix_donor(prompt, limit)
+            if length > best[2]:
+                best = (bucket, row, length)
+        return best
 
     def _step(self) -> None:
+        """One token for every running row: a forward pass per bucket, then each row sampled on
+        its own. A bucket whose pass fails fails its rows; the other buckets go on."""
+        import torch
+
         self._prune()
-        if not self._rows:
+        if not self._buckets:
             return
-        assert self._batch is not None
-        replies = list(self._rows)
-        last = self._tensor([[reply.generated[-1]] for reply in replies])
-        logits = self._batch.decode(self.model, last)
-        for reply, token in zip(replies, sample_next(logits, replies)):
-            if not reply.cancelled.is_set():
-                self._take(reply, token)
+        started = time.perf_counter()
+        replies, logits = [], []
+        for bucket in self._buckets:
+            try:
+                last_tokens = self._tensor([[reply.generated[-1]] for reply in bucket.replies])
+                logits.append(bucket.decode(self.model, last_tokens))
+                replies += bucket.replies
+            except Exception:
+                log.exception("LLM decode step failed")
+                for reply in bucket.replies:
+                    _fail(reply, LLMError("the LLM failed while writing the reply; see the server log", status=500))
+        if replies:
+            for reply, token in zip(replies, sample_next(torch.cat(logits), replies)):
+                if not reply.cancelled.is_set():
+                    self._take(reply, token)
+        self._decode_s = _smoothed(self._decode_s or None, time.perf_counter() - started)
         self._prune()
 
     def _prune(self) -> None:
         """Rows that ended or whose client hung up leave the batch (their slots free at once)."""
-        if self._batch is not None:
-            self._batch.drop([i for i, reply in enumerate(self._batch.replies) if reply.cancelled.is_set()])
-            if not self._batch.replies:
-                self._batch = None
+        for bucket in self._buckets:
+            bucket.drop([i for i, reply in enumerate(bucket.replies) if reply.cancelled.is_set()])
+        if not all(bucket.replies for bucket in self._buckets):
+            self._buckets = [bucket for bucket in self._buckets if bucket.replies]
 
-    def _take(self, reply: _Reply, token: int) -> None:
-        """Record a sampled token: send new text, finish the reply at its end or limit."""
+    def _take(self, reply: _Reply, token: int | None) -> None:
+        """Record a sampled token: send new text, finish the reply at its end or limit, or fail
+        it alone if it got no token."""
+        if token is None:
+            _fail(reply, LLMError("the LLM could not pick the reply's next token; see the server log", status=500))
+            return
         self.tokens_generated += 1
         ended = token in self.eos_ids
         if not ended:
@@ -281,11 +413,17 @@ class ContinuousBatcher:
         # detokenizer's edge cases.
         text = self.tokenizer.decode(reply.generated, skip_special_tokens=True)
         # Hold back a character still being built from several tokens (U+FFFD), unless done.
-        if len(text) > reply.sent_chars and (ended or limit or not text.endswith("\ufffd")):
-            reply.send(TextPiece(text[reply.sent_chars :]))
-            reply.sent_chars = len(text)
-        if ended or limit:
-            reply.send(TextPiece("", finish_reason="length" if limit and not ended else "stop"))
+        if not (ended or limit) and text.endswith("\ufffd"):
+            return
+        end = reply.stops.releasable(text, reply.sent_chars)
+        if not reply.stops.stopped and (ended or limit):
+            end = len(text)  # a tail that looked like a stop string's start is text after all
+        if end > reply.sent_chars:
+            reply.send(TextPiece(text[reply.sent_chars : end]))
+            reply.sent_chars = end
+        if ended or limit or reply.stops.stopped:
+            cut = limit and not (ended or reply.stops.stopped)
+            reply.send(TextPiece("", finish_reason="length" if cut else "stop"))
             reply.send(_END)
             reply.cancelled.set()  # done: leaves the batch like a hung-up reply
 
@@ -300,6 +438,11 @@ class ContinuousBatcher:
         return torch.arange(start, start + length, device=self.device).expand(rows, length)
 
 
+def _smoothed(average: float | None, value: float) -> float:
+    """A running average that follows a change within a few steps and shrugs off one outlier."""
+    return value if average is None else 0.7 * average + 0.3 * value
+
+
 def _fail(reply: _Reply, error: LLMError) -> None:
     reply.send(error)
     reply.send(_END)
@@ -308,16 +451,26 @@ def _fail(reply: _Reply, error: LLMError) -> None:
 
 @dataclass
 class _Prefill:
-    """Newcomers after their prompt's forward pass: each one's KV cache ([heads, prompt, dim]
+    """Newcomers after their prompt's forward passes: each one's KV cache ([heads, prompt, dim]
     per layer) and the logits of its first token."""
 
     replies: list[_Reply]
     rows: list[list[tuple[Any, Any]]]
     logits: Any
+    last_pass_tokens: int
+
+
+@dataclass
+class _PrefillJob:
+    """Newcomers prefilled together, and the passes of theirs still to run."""
+
+    replies: list[_Reply]
+    passes: Generator[int, None, _Prefill]
 
 
 class _Rows:
-    """The running rows' KV cache, left-padded so that every row ends at the same column.
+    """Running rows that decode in one pass (a bucket), their KV cache left-padded so that every
+    row ends at the same column.
 
     Per layer, keys and values live in buffers [rows, heads, columns + spare, dim]; `cache` is
     a transformers Cache over them whose layers write a step's column in place. `starts[i]` is
@@ -333,6 +486,22 @@ class _Rows:
     @property
     def length(self) -> int:
         return self.cache.layers[0].length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.key_buffer.nbytes + layer.value_buffer.nbytes for layer in self.cache.layers)
+
+    def padding_with(self, length: int) -> int:
+        """The padding columns (all rows together) with a row of `length` columns added."""
+        longest = max(self.length, length)
+        return longest * (len(self.replies) + 1) - self._real_columns(length)
+
+    def accepts(self, length: int) -> bool:
+        """Whether a row of `length` columns may join (see PADDING_ALLOWANCE_COLUMNS)."""
+        return self.padding_with(length) <= max(self._real_columns(length), PADDING_ALLOWANCE_COLUMNS)
+
+    def _real_columns(self, added: int) -> int:
+        return sum(self.length - start for start in self.starts) + added
 
     @classmethod
     def gather(cls, batch: _Rows | None, replies: list[_Reply], rows: list[list[tuple[Any, Any]]]) -> _Rows:
@@ -471,7 +640,8 @@ def _plan_prefill(replies: list[_Reply]) -> list[list[_Reply]]:
         for group in groups:
             prompts = [*(member.prompt for member in group), reply.prompt]
             added = _prefill_cost(prompts) - _prefill_cost(prompts[:-1])
-            fits = len(prompts) * max(len(p) for p in prompts) <= MAX_PREFILL_TOKENS
+            shared = _shared_prefix(prompts)
+            fits = len(prompts) * max(len(p) - shared for p in prompts) <= PREFILL_CHUNK_TOKENS
             if added < best_added and fits:
                 best, best_added = group, added
         if best is None:
@@ -496,17 +666,38 @@ def _shared_prefix(prompts: Sequence[list[int]]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int]:
+def sample_next(logits: Any, replies: Sequence[_Reply]) -> list[int | None]:
     """The next token of each row ([rows, vocabulary] logits), each under its reply's own
-    settings: repetition penalty over what it has seen, then greedy (temperature 0) or
-    temperature + nucleus (top_p) sampling."""
+    settings: repetition penalty over what it has seen, then greedy (temperature under
+    GREEDY_BELOW_TEMPERATURE) or temperature + nucleus (top_p) sampling.
+
+    Each row is sampled on its own, so that a row that yields no token (no finite score, or a
+    draw that fails) gets None and ends alone: the other rows of the batch go on."""
+    import torch
+
     scores = logits.float()
     _penalise_repetitions(scores, replies)
-    tokens = scores.argmax(-1).tolist()
+    # NaN is no candidate and +inf the best one, so that one broken score neither wins the argmax
+    # nor poisons a row's softmax; a row left with no finite score has no next token.
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+    tokens: list[int | None] = scores.argmax(-1).tolist()  # argmax, as generate() picks greedily
+    usable = torch.isfinite(scores.amax(-1)).tolist()
     for i, reply in enumerate(replies):
-        if reply.options.temperature > 0:
-            tokens[i] = _draw(scores[i], reply.options)
+        if not usable[i]:
+            log.error("LLM row has no finite score; ending that reply")
+            tokens[i] = None
+        elif _samples(reply.options):
+            try:
+                tokens[i] = _draw(scores[i], reply.options, reply.generator)
+            except Exception:
+                log.exception("LLM sampling failed for one reply; ending that reply")
+                tokens[i] = None
     return tokens
+
+
+def _samples(options: GenerationOptions) -> bool:
+    """Whether a reply samples (False for greedy, and for a NaN temperature)."""
+    return options.temperature >= GREEDY_BELOW_TEMPERATURE
 
 
 def _penalise_repetitions(scores: Any, replies: Sequence[_Reply]) -> None:
@@ -531,14 +722,19 @@ def _penalise_repetitions(scores: Any, replies: Sequence[_Reply]) -> None:
     scores[row_index, columns] = torch.where(picked < 0, picked * penalty, picked / penalty)
 
 
-def _draw(scores: Any, options: GenerationOptions) -> int:
+def _draw(scores: Any, options: GenerationOptions, generator: Any) -> int:
+    """One token drawn from a row's finite-best scores; `generator` (None: torch's global one)
+    makes a seeded reply's draws its own, whatever else shares the batch."""
     import torch
 
-    probs = torch.softmax(scores / options.temperature, dim=-1)
+    # Scaled from the row's best score, so that no temperature overflows: the best token weighs
+    # exp(0) = 1 and the others less; -inf / inf (an infinite temperature) is NaN: no candidate.
+    scaled = ((scores - scores.max()) / options.temperature).nan_to_num(nan=float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if options.top_p >= 1.0:
-        return int(torch.multinomial(probs, 1))
+        return int(torch.multinomial(probs, 1, generator=generator))
     candidates, ids = _nucleus(probs, options.top_p)
-    return int(ids[torch.multinomial(candidates, 1)])
+    return int(ids[torch.multinomial(candidates, 1, generator=generator)])
 
 
 def _nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
@@ -554,6 +750,11 @@ def _nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
         count = min(count * 8, probs.shape[-1])
     top[top.cumsum(0) - top > top_p] = 0.0
     return top, ids
+
+
+def torch_seed(seed: int) -> int:
+    """Any integer as a torch seed (which must fit in 64 bits)."""
+    return seed % 2**64
 
 
 def _chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:

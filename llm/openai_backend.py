@@ -51,6 +51,12 @@ class OpenAIBackend(UpstreamClient):
             "top_p": options.top_p,
             "extra_headers": self._headers,
         }
+        # Sent only when asked for: the server's own defaults (no seed, no stop) stay untouched,
+        # and servers that know neither field still take requests that use neither.
+        if options.seed is not None:
+            request["seed"] = options.seed
+        if stops := [stop for stop in options.stop if stop]:
+            request["stop"] = stops
         if self._send_repetition_penalty and options.repetition_penalty != 1.0:
             request["extra_body"] = {"repetition_penalty": options.repetition_penalty}
         return request

@@ -20,8 +20,9 @@ from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
-from llm.batching import ContinuousBatcher
+from llm.batching import GREEDY_BELOW_TEMPERATURE, ContinuousBatcher, torch_seed
 from llm.embedded import EMBEDDED_PACKAGE
+from llm.stops import StopStrings
 
 log = logging.getLogger(__name__)
 
@@ -196,28 +197,41 @@ class TransformersBackend:
             return_dict=True,
         ).to(self.device)
 
-        streamer = IncrementalDetokenizer(tokenizer, lambda text: emit(TextPiece(text)))
+        stopped = threading.Event()  # a stop string showed up: generate() ends at the next step
+        streamer = IncrementalDetokenizer(
+            tokenizer, lambda text: emit(TextPiece(text)), stops=StopStrings(options.stop), on_stop=stopped.set
+        )
+        stopping = stop_when_set(cancelled)
+        stopping.extend(stop_when_set(stopped))
 
-        sampling = options.temperature > 0
+        sampling = options.temperature >= GREEDY_BELOW_TEMPERATURE  # colder overflows; see there
         generation_kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_new_tokens,
             "do_sample": sampling,
             "repetition_penalty": options.repetition_penalty,
             "streamer": streamer,
-            "stopping_criteria": stop_when_set(cancelled),
+            "stopping_criteria": stopping,
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         }
         if sampling:
             generation_kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=0)
+        # generate() draws from torch's global generator: a seeded reply forks it (this worker
+        # runs one reply at a time, so nothing else draws meanwhile).
+        devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
         self._serial_active += 1
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=options.seed is not None):
+                if options.seed is not None:
+                    torch.manual_seed(torch_seed(options.seed))
                 output = model.generate(**inputs, **generation_kwargs)
         finally:
             self._serial_active -= 1
         new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
         self._serial_tokens += new_tokens
         if cancelled.is_set():
+            return
+        if stopped.is_set():
+            emit(TextPiece("", finish_reason="stop"))
             return
         eos_ids = _eos_ids(model, tokenizer)
         ended_on_eos = new_tokens > 0 and int(output[0, -1]) in eos_ids
@@ -236,9 +250,14 @@ class IncrementalDetokenizer:
     is sent, unless it ends in an incomplete UTF-8 sequence (shown as U+FFFD) still being built.
     """
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], object]) -> None:
+    def __init__(
+        self, tokenizer: Any, on_text: Callable[[str], object], *, stops: StopStrings | None = None,
+        on_stop: Callable[[], object] = lambda: None,
+    ) -> None:
         self._tokenizer = tokenizer
         self._on_text = on_text
+        self._stops = stops or StopStrings(())
+        self._on_stop = on_stop
         self._tokens: list[int] = []
         self._sent = 0
         self._prompt_skipped = False
@@ -247,18 +266,25 @@ class IncrementalDetokenizer:
         if not self._prompt_skipped:  # generate() first passes the prompt itself
             self._prompt_skipped = True
             return
+        if self._stops.stopped:  # the tokens of the step that generate() still ends
+            return
         self._tokens.extend(int(token) for token in value.reshape(-1).tolist())
         text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd") or len(text) <= self._sent:
+        if text.endswith("\ufffd"):
             return
-        self._on_text(text[self._sent :])
-        self._sent = len(text)
+        self._send(text, self._stops.releasable(text, self._sent))
+        if self._stops.stopped:
+            self._on_stop()
 
     def end(self) -> None:
-        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
-        if len(text) > self._sent:
-            self._on_text(text[self._sent :])
-            self._sent = len(text)
+        if not self._stops.stopped:  # what only looked like a stop string's start is text
+            text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+            self._send(text, len(text))
+
+    def _send(self, text: str, end: int) -> None:
+        if end > self._sent:
+            self._on_text(text[self._sent : end])
+            self._sent = end
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

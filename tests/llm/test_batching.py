@@ -121,8 +121,11 @@ MIXED = [
     ids=["prefix-copied-from-a-running-reply", "prefix-computed-once"],
 )
 async def test_newcomers_prefilled_together_are_token_for_token_what_each_makes_alone(
-    model_dir, tmp_path, running_system
+    model_dir, tmp_path, monkeypatch, running_system
 ):
+    # Prompt passes as long as they may be (PREFILL_CHUNK_TOKENS), whatever a decode step takes:
+    # each prefix is one pass, which makes "computed once" countable.
+    monkeypatch.setattr(batching, "PREFILL_SHARE", float("inf"))
     serial = await started(model_dir, tmp_path, max_batch=1)
     alone = [await reply(serial, question, options, system) for system, question, options in MIXED]
     await serial.stop()
@@ -302,3 +305,121 @@ async def test_a_failing_decode_step_fails_its_replies_and_the_next_reply_still_
     finally:
         model.forward = real_forward
         await batched.stop()
+
+
+# A system prompt of ~3 KB: its prefill is many times a decode step's work.
+LOGBOOK = " ".join(
+    f"Day {day}: wind from the {side}, {knots} knots; we sighted the {sight} and kept our course."
+    for day, side, knots, sight in zip(
+        range(1, 41), ["north", "east", "south", "west"] * 10, range(5, 45),
+        ["Grey Cape", "Saltmere light", "gulls", "fleet"] * 10,
+    )
+)
+
+
+def greedy_for(tokens: int) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=tokens, temperature=0.0, repetition_penalty=1.0)
+
+
+def sailor(question: str) -> list[ChatMessage]:
+    return [ChatMessage("system", "You are a sailor."), ChatMessage("user", question)]
+
+
+async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(model_dir, tmp_path, monkeypatch):
+    # One pass of 64 prompt tokens per step, whatever the passes take.
+    for knob, value in [("PREFILL_SHARE", 0.0), ("MIN_PREFILL_CHUNK_TOKENS", 64), ("PREFILL_CHUNK_TOKENS", 64)]:
+        monkeypatch.setattr(batching, knob, value, raising=False)
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    long_alone = await reply(serial, QUESTIONS[0], GREEDY, LOGBOOK)
+    running_alone = await reply(serial, QUESTIONS[1], greedy_for(60))
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    passes = _record_forward_passes(batched)
+    long_prompt = batched.count_tokens([ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[0])])
+    try:
+        running = batched.stream_chat(sailor(QUESTIONS[1]), greedy_for(60))
+        first = await anext(running)  # decoding
+        seen_before = len(passes.shapes)
+        newcomer = await reply(batched, QUESTIONS[0], GREEDY, LOGBOOK)
+        rest = [piece async for piece in running]
+        admitted = passes.shapes[seen_before:]
+    finally:
+        await batched.stop()
+    assert long_prompt > 8 * 64
+    assert newcomer == long_alone  # chunked, it is token for token what one pass makes
+    assert first.text + "".join(piece.text for piece in rest) == running_alone[0]
+    prompt_passes = [i for i, (rows, width) in enumerate(admitted) if width > 1]
+    assert sum(admitted[i][1] for i in prompt_passes) >= long_prompt - 1
+    assert all(admitted[i][1] <= 64 for i in prompt_passes)
+    # The running reply took a step between each two of the newcomer's passes.
+    assert all((1, 1) in admitted[a + 1 : b] for a, b in zip(prompt_passes, prompt_passes[1:]))
+
+
+async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(batching, "PADDING_ALLOWANCE_COLUMNS", 0, raising=False)
+    monkeypatch.setattr(batching, "PREFILL_SHARE", float("inf"), raising=False)  # joins while the others run
+    serial = await started(model_dir, tmp_path, max_batch=1)
+    alone = [await reply(serial, question, greedy_for(200)) for question in QUESTIONS[:3]]
+    long_alone = await reply(serial, QUESTIONS[3], greedy_for(40), LOGBOOK)
+    await serial.stop()
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    config = batched._model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    column_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4  # keys + values, fp32
+    prompts = [batched.count_tokens(sailor(q)) for q in QUESTIONS[:3]]
+    long_prompt = batched.count_tokens([ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[3])])
+    try:
+        short = [batched.stream_chat(sailor(q), greedy_for(200)) for q in QUESTIONS[:3]]
+        firsts = [await anext(stream) for stream in short]
+        logbook = [ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[3])]
+        newcomer = batched.stream_chat(logbook, greedy_for(40))
+        long_first = await anext(newcomer)
+        decoding, held = len(batched._batcher._rows), batched._batcher.kv_cache_bytes
+        texts = [first.text + "".join([piece.text async for piece in stream]) for first, stream in zip(firsts, short)]
+        long_text = long_first.text + "".join([piece.text async for piece in newcomer])
+    finally:
+        await batched.stop()
+    assert texts == [text for text, _ in alone] and long_text == long_alone[0]
+    assert decoding == 4
+    # Every row's real columns (prompt and up to 200 replied tokens), and a bucket's spare columns
+    # (grown once at most), but not three short rows padded to the long prompt's length.
+    real_columns = sum(prompts) + long_prompt + 4 * 200
+    assert held <= (real_columns + 4 * 2 * batching.SPARE_COLUMNS) * column_bytes
+    assert held * 3 < 4 * long_prompt * column_bytes
+
+
+async def test_a_newcomer_that_hangs_up_during_its_long_prompt_stops_being_computed(model_dir, tmp_path, monkeypatch):
+    for knob, value in [("PREFILL_SHARE", 0.0), ("MIN_PREFILL_CHUNK_TOKENS", 64), ("PREFILL_CHUNK_TOKENS", 64)]:
+        monkeypatch.setattr(batching, knob, value, raising=False)
+    batched = await started(model_dir, tmp_path, max_batch=4)
+    passes = _record_forward_passes(batched)
+
+    def prompt_passes() -> int:
+        return sum(1 for _, width in passes.shapes if width > 1)
+
+    async def until(condition) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.002)
+
+    try:
+        running = batched.stream_chat(sailor(QUESTIONS[1]), greedy_for(2000))
+        await anext(running)
+        before = prompt_passes()
+        logbook = [ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[3])]
+        newcomer = asyncio.create_task(anext(batched.stream_chat(logbook, greedy_for(10))))
+        await until(lambda: prompt_passes() >= before + 3)
+        newcomer.cancel()  # the client hangs up while its prompt is computed
+        await asyncio.gather(newcomer, return_exceptions=True)
+        at_hang_up = prompt_passes()
+        decode_steps = len(passes.shapes)
+        await until(lambda: len(passes.shapes) >= decode_steps + 10)
+        computed = prompt_passes() - before
+        assert batched.active_generations == 1
+        await running.aclose()
+    finally:
+        await batched.stop()
+    long_prompt_passes = batched.count_tokens(logbook) // 64
+    assert prompt_passes() - at_hang_up <= 1  # at most the pass under way when it hung up
+    assert computed < long_prompt_passes

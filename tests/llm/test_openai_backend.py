@@ -97,6 +97,15 @@ async def test_normal_stream(stub: OpenAIStubServer, backend: OpenAIBackend) -> 
 
 
 @pytest.mark.asyncio
+async def test_seed_and_stop_reach_the_server_only_when_set(stub: OpenAIStubServer, backend: OpenAIBackend) -> None:
+    await collect(backend, options=GenerationOptions(seed=42, stop=("\n\n", "", "User:")))
+    body = stub.requests[-1].body
+    assert (body["seed"], body["stop"]) == (42, ["\n\n", "User:"])  # an empty stop string means nothing
+    await collect(backend, options=GenerationOptions())
+    assert "seed" not in stub.requests[-1].body and "stop" not in stub.requests[-1].body
+
+
+@pytest.mark.asyncio
 async def test_connection_is_reused(stub: OpenAIStubServer, backend: OpenAIBackend) -> None:
     for _ in range(3):
         assert "".join(p.text for p in await collect(backend)) == DEFAULT_REPLY

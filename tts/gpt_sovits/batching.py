@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat2audio.runtime.audio import clean_audio
+from chat2audio.runtime.cores import CoreShare
 from tts.base import TTSError
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
 from tts.gpt_sovits.guard import GenerationGuard
@@ -183,8 +184,9 @@ class SentenceBatcher:
         max_batch: int,
         max_context: int,
         chunks: ChunkSchedule,
+        cores: CoreShare,
     ) -> None:
-        self.worker, self.cache, self.guard, self.stats = worker, cache, guard, stats
+        self.worker, self.cache, self.guard, self.stats, self.cores = worker, cache, guard, stats, cores
         self.max_batch, self.max_context, self.chunks = max_batch, max_context, chunks
         self.batches: dict[str, _Batch] = {}  # by GPT weights
         self._waiting: list[tuple[float, int, Sentence]] = []
@@ -264,10 +266,12 @@ class SentenceBatcher:
                     if not self._waiting and not self.batches:
                         self._driving = False
                         return
-                self._admit()
+                with self.cores.computing():
+                    self._admit()
                 for key, batch in list(self.batches.items()):
                     try:
-                        self._step(batch)
+                        with self.cores.computing():
+                            self._step(batch)
                     except Exception:  # a failed step fails its sentences, never the worker
                         log.exception("GPT-SoVITS decode step failed")
                         for sentence in batch.rows:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.devices import DeviceUnavailable, resolve_device
 from chat2audio.runtime.scheduling import DeadlineExecutor, current_deadline
 from chat2audio.runtime.text import is_speakable
@@ -61,9 +62,12 @@ class GPTSoVITSEngine:
         stream_chunk_tokens: int = 25,
         max_batch: int = 8,
         precision: str = "auto",
+        cores: CoreShare | None = None,
     ) -> None:
         """`min_tokens + tokens_per_phone × phonemes` bounds each sentence's GPT tokens (25 = 1 s of
-        speech; real speech is ~3 per phoneme), and `max_context` the prompt plus generation."""
+        speech; real speech is ~3 per phoneme), and `max_context` the prompt plus generation.
+        `cores` is shared with the other in-process torch engines (the LLM), so that computing at
+        the same time they split the cores instead of oversubscribing them."""
         self.models_dir = Path(models_dir)
         self.device_setting = device
         self.use_bert = use_bert
@@ -82,6 +86,7 @@ class GPTSoVITSEngine:
             max_batch=max_batch,
             max_context=max_context,
             chunks=ChunkSchedule(first=first_chunk_tokens, size=stream_chunk_tokens),
+            cores=cores or CoreShare(),
         )
         self._tts: Any = None
 

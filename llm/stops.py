@@ -1,0 +1,68 @@
+"""Stop strings for backends that generate the text themselves: a reply's text is released as it
+grows, except what could still turn out to be the start of a stop string."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StopStrings:
+    """Follows one reply's text as it grows and says how much of it may be sent.
+
+    A stop string may arrive split over several tokens ("<|" then "end|>"), so a tail of the text
+    that is the start of some stop string is held back until the next text shows whether it is
+    one. The stop string and what follows it are never released. Each new character costs about
+    one step per stop string, however long the stop strings (this runs on the batch thread, and
+    a client chooses them)."""
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self._matchers = [_Matcher(stop) for stop in dict.fromkeys(stops) if stop]  # "" would stop at once
+        self._scanned = 0
+        self._found_at: int | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._found_at is not None
+
+    def releasable(self, text: str, sent: int) -> int:
+        """How many characters of `text` (the reply so far, which only grows) may be sent; never
+        fewer than `sent`. Once `text` holds a stop string, `stopped` is set and that string's
+        start is the end of the reply."""
+        if not self._matchers:
+            return len(text)
+        while self._found_at is None and self._scanned < len(text):
+            char = text[self._scanned]
+            self._scanned += 1
+            for matcher in self._matchers:
+                if matcher.feed(char):
+                    self._found_at = self._scanned - len(matcher.stop)
+                    break
+        if self._found_at is not None:
+            return max(sent, self._found_at)
+        held = max(matcher.matched for matcher in self._matchers)
+        return max(sent, len(text) - held)
+
+
+class _Matcher:
+    """How much of one stop string the text ends with (Knuth-Morris-Pratt: after a mismatch, fall
+    back to the longest start of the stop string that is also the end of what matched)."""
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        self.matched = 0
+        self._fallback = [0] * len(stop)
+        length = 0
+        for i in range(1, len(stop)):
+            while length and stop[i] != stop[length]:
+                length = self._fallback[length - 1]
+            if stop[i] == stop[length]:
+                length += 1
+            self._fallback[i] = length
+
+    def feed(self, char: str) -> bool:
+        """Take the text's next character; True once the text ends with the whole stop string."""
+        while self.matched and self.stop[self.matched] != char:
+            self.matched = self._fallback[self.matched - 1]
+        if self.stop[self.matched] == char:
+            self.matched += 1
+        return self.matched == len(self.stop)

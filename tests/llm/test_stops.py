@@ -1,0 +1,52 @@
+"""Stop strings over a growing text: nothing of a stop string (or after it) is released, even when
+it arrives split over several pieces; text that only looked like its start is released."""
+
+from __future__ import annotations
+
+from llm.stops import StopStrings
+
+
+def released(pieces: list[str], stops: list[str]) -> tuple[list[str], bool]:
+    """What a backend would send after each piece, and whether the reply stopped."""
+    matcher, text, sent, out = StopStrings(stops), "", 0, []
+    for piece in pieces:
+        text += piece
+        end = matcher.releasable(text, sent)
+        out.append(text[sent:end])
+        sent = end
+        if matcher.stopped:
+            break
+    return out, matcher.stopped
+
+
+def test_a_stop_string_split_over_pieces_is_never_released():
+    assert released(["Ahoy", " sail", "or<", "|en", "d|> more"], ["<|end|>"]) == (["Ahoy", " sail", "or", "", ""], True)
+
+
+def test_text_that_only_looked_like_a_stop_string_is_released_once_it_is_not():
+    assert released(["Ahoy <", "|en", "gine"], ["<|end|>"]) == (["Ahoy ", "", "<|engine"], False)
+
+
+def test_the_earliest_of_several_stop_strings_wins():
+    assert released(["one. two! three"], ["!", "."]) == (["one"], True)
+
+
+def test_a_stop_string_found_across_the_last_release_point():
+    assert released(["ab", "cd"], ["bc"]) == (["a", ""], True)
+
+
+def test_no_stop_strings_or_empty_ones_release_everything():
+    assert released(["a", "b"], []) == (["a", "b"], False)
+    assert released(["a", "b"], [""]) == (["a", "b"], False)
+
+
+def test_a_match_that_restarts_inside_a_partial_match_is_found():
+    assert released(["aba", "bac"], ["abac"]) == (["", "ab"], True)
+    assert released(["aaa", "aab"], ["aaab"]) == (["", "aa"], True)
+
+
+def test_a_very_long_stop_string_holds_back_only_what_it_could_start():
+    stop = "a" * 100_000 + "b"
+    text = ["a" * 1000] * 50 + ["c"]  # 50,000 characters that all could start it, then not
+    out, stopped = released(text, [stop])
+    assert out[:-1] == [""] * 50 and out[-1] == "a" * 50_000 + "c" and not stopped
