@@ -32,7 +32,8 @@ from chat2audio.settings import PROJECT_ROOT
 # (real speech is ~3 tokens per phoneme, so the audio is about as long as a real voice would make).
 TOKENS_PER_PHONE = 3.0
 MIN_TOKENS = 10
-BOUNDED_APP = "bench.full_voice_app"  # the stream app with this budget (see that module)
+# The server's budget: its engine takes MIN_TOKENS (10) and this setting's tokens per phoneme.
+BUDGET_SETTING = "CHAT2AUDIO_TESTING__GPT_SOVITS_TOKENS_PER_PHONE"
 
 # The test voice's three sentences (10, 17 and 28 characters) and a long one (44).
 LONGER_TEXT = "昨天晚上下了一场大雨，街上的积水还没有退去，孩子们穿着雨靴在水坑里跳来跳去，笑得特别开心。"
@@ -319,7 +320,7 @@ async def stream_app_rows(profile, workdir: Path, precisions: list[str], concurr
         servers = []
         for precision in precisions:  # started one at a time, then all kept up so the rows alternate
             server = stack.enter_context(running_server(
-                BOUNDED_APP, {**env, "CHAT2AUDIO_TTS_PRECISION": precision}, workdir / f"server-{precision}.log",
+                "app_stream", {**env, "CHAT2AUDIO_TTS_PRECISION": precision}, workdir / f"server-{precision}.log",
                 ready_timeout_s=REPLY_TIMEOUT_S,
             ))
             listen(server.base_url, body)  # first-request costs (the voice's load) are not latency
@@ -394,7 +395,7 @@ async def run_full_voice(
     part(
         f"## {profile.title}\n\n"
         f"A random GPT never emits EOS, so every sentence runs to its budget: {MIN_TOKENS} + {TOKENS_PER_PHONE:g} GPT "
-        f"tokens per phoneme (25 tokens = 1 s of speech), in-process and in the server (`{BOUNDED_APP}`). gsv_tts and "
+        f"tokens per phoneme (25 tokens = 1 s of speech), in-process and in the server (`{BUDGET_SETTING}`). gsv_tts and "
         "Genie make exactly as many tokens per sentence as our first row did: gsv_tts' loop ends where its KV-cache "
         "bucket is full, so the bucket is sized to the prompt plus that many tokens; Genie's stage decoder (its own loop "
         "runs to 500 tokens) is stepped that many times over its ONNX sessions. Greedy (top_k = 1), noiseless vocoder; "

@@ -238,6 +238,7 @@ class FullVoiceProfile(Profile):
         self.concurrency_prompt = SPOKEN_TEXTS[0] + SPOKEN_TEXTS[1]
 
     def server_env(self, workdir: Path) -> dict[str, str]:
+        from bench.full_voice import BUDGET_SETTING, TOKENS_PER_PHONE
         from tests.fixtures.full_gpt_sovits import SPEAKER, full_size_models
         from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
 
@@ -245,7 +246,10 @@ class FullVoiceProfile(Profile):
         write_speaker_toml(
             Path(env["CHAT2AUDIO_SPEAKERS_DIR"]), SPEAKER, speaker_id="Full", prompt="Tone", top_k=1, noise_scale=0.0
         )
-        return env | {"CHAT2AUDIO_MODELS_DIR": str(full_size_models()), "CHAT2AUDIO_DEVICE": "cpu"}
+        return env | {
+            "CHAT2AUDIO_MODELS_DIR": str(full_size_models()), "CHAT2AUDIO_DEVICE": "cpu",
+            BUDGET_SETTING: str(TOKENS_PER_PHONE),  # a random GPT never stops: as many tokens as real speech
+        }
 
     @staticmethod
     def genie_cache_dir(models_dir: Path) -> Path:
