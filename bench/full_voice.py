@@ -329,6 +329,7 @@ async def stream_app_rows(profile, workdir: Path, precisions: list[str], concurr
             for precision, server in servers:
                 result = await crowd(server.base_url, server.process.pid, body, n)
                 rows.append([precision, *result.row()])
+                print(f"full-voice: stream app, {precision}: {result.row()}", file=sys.stderr, flush=True)  # progress
     return table(["precision", *CROWD_HEADER], rows)
 
 
