@@ -104,7 +104,7 @@ async def speak_reply(
     *,
     splitter_config: SplitterConfig | None = None,
     queue_size: int = 4,
-    stream_first_sentence: bool = True,
+    stream_sentences: bool = True,
     overlap: bool = True,
     timeout_s: float | None = None,
     translate: Translator | None = None,
@@ -119,6 +119,10 @@ async def speak_reply(
     sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout. With
     `by_deadline`, each sentence is due when the listener would run out of audio (see
     `chat2audio.runtime.scheduling`); without, every sentence is due when it is submitted.
+    With `stream_sentences` (the stream app) every sentence is synthesized in chunks that leave as
+    they are made: a sentence synthesized whole reaches the listener only once all of it is done,
+    and on a voice that is not many times faster than speech (a real GPT-SoVITS voice on a CPU), a
+    long sentence after a short one would leave the listener with nothing to play meanwhile.
     """
     deadline = _Deadline(timeout_s)
     written_so_far = _Written()
@@ -143,9 +147,8 @@ async def speak_reply(
             if not is_speakable(speech):
                 continue
             if tts is not None:
-                streaming = stream_first_sentence and index == 0
                 due = playback.runs_dry_at() if by_deadline else time.monotonic()
-                chunks = _synthesize(tts, speech, voice, streaming, due, deadline)
+                chunks = _synthesize(tts, speech, voice, stream_sentences, due, deadline)
                 async with aclosing(chunks):
                     async for audio in chunks:
                         playback.add(audio)

@@ -287,7 +287,7 @@ class ChatService:
         pipeline = speak_reply(
             writer, turn.engine, turn.speaker.voice, messages, turn.options,
             splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
-            stream_first_sentence=stream_first_sentence and overlapped, overlap=overlapped,
+            stream_sentences=stream_first_sentence and overlapped, overlap=overlapped,
             timeout_s=self.settings.request_timeout_s, translate=translate,
             by_deadline=self.settings.testing.tts_scheduling == "deadline",
         )

@@ -33,7 +33,7 @@ def _transformers_llm(settings: Settings) -> LLMBackend:
     source = settings.model_path(settings.llm_model) if settings.llm_model else embedded_gguf_path()
     return TransformersBackend(
         model_source=source, cache_dir=settings.cache_dir, device=settings.device,
-        trust_remote_code=settings.trust_remote_code, max_batch=settings.llm_batch_size,
+        trust_remote_code=settings.trust_remote_code, max_batch=settings.llm_batch_size, cores=settings.core_share(),
     )
 
 

@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat2audio.runtime.cores import CoreShare
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.stops import StopStrings
 
@@ -121,8 +122,13 @@ class _Reply:
 class ContinuousBatcher:
     """Runs every reply of one model on one thread, up to `max_batch` decoding together."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str, *, max_batch: int, eos_ids: set[int]) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, device: str, *, max_batch: int, eos_ids: set[int], cores: CoreShare | None = None
+    ) -> None:
+        """`cores` is shared with the other in-process torch engines (GPT-SoVITS): computing at the
+        same time, they split the cores instead of oversubscribing them."""
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.cores = cores or CoreShare()
         self.max_batch = max_batch
         self.eos_ids = eos_ids
         self.tokens_generated = 0
@@ -181,8 +187,9 @@ class ContinuousBatcher:
                 try:
                     # Running rows take a step, then newcomers' prompts take about as long: a
                     # long prompt slows the running replies down for a while, it never stops them.
-                    self._step()
-                    self._prefill_some()
+                    with self.cores.computing():
+                        self._step()
+                        self._prefill_some()
                 except Exception:  # a failed step fails its replies, never the thread
                     log.exception("LLM decode step failed")
                     self._fail_all(LLMError("the LLM failed while writing the reply; see the server log", status=500))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.threads import stream_from_thread
@@ -36,7 +37,7 @@ class TransformersBackend:
 
     def __init__(
         self, *, model_source: Path, cache_dir: Path, device: str = "auto", trust_remote_code: bool = False,
-        max_batch: int = 1,
+        max_batch: int = 1, cores: CoreShare | None = None,
     ) -> None:
         self.model_source = model_source
         self._cache_dir = cache_dir
@@ -52,6 +53,7 @@ class TransformersBackend:
         self._serial_tokens = 0
         self.max_batch = max_batch
         self._batcher: ContinuousBatcher | None = None
+        self._cores = cores
         self.context_tokens: int | None = None
         self._counting_tokenizer: Any = None
 
@@ -71,7 +73,7 @@ class TransformersBackend:
         if self.max_batch > 1:
             self._batcher = ContinuousBatcher(
                 self._model, self._tokenizer, self.device, max_batch=self.max_batch,
-                eos_ids=_eos_ids(self._model, self._tokenizer),
+                eos_ids=_eos_ids(self._model, self._tokenizer), cores=self._cores,
             )
             # Warm up on the batch thread, then let the loading thread go: every thread that ran
             # torch on CPU keeps its own pool of OpenMP workers, and an idle pool beyond the cores
