@@ -1,6 +1,8 @@
 """`python -m bench`: start the real servers on loopback and print markdown tables of
 time-to-first-audio against the physical floor and the original design, overlap, service
-overhead, concurrency and engine speeds. See the Benchmarks section of README.md."""
+overhead, concurrency and engine speeds. `--profiles full-voice` measures a full-size GPT-SoVITS voice
+instead, per sentence and per precision, against gsv_tts and Genie-TTS (`bench.full_voice`). See the
+Benchmarks section of README.md."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from bench.concurrency import CROWD_HEADER, crowd, listen
 from bench.formats import FORMAT_HEADER, format_rows
 from bench.measure import llm_speed, measure_floor, median, pipeline_in_process, tts_speed
-from bench.profiles import PROFILES, Profile
+from bench.profiles import PROFILES, FullVoiceProfile, Profile
 from tests.server import running_server
 
 
@@ -150,14 +152,23 @@ def median_by(runs: list, key):
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _numbers(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--profiles", default="scripted,embedded", help=f"comma-separated: {', '.join(PROFILES)}")
-    parser.add_argument("--concurrency", default="1,2,4,8,16", help="simultaneous streams to try")
+    parser.add_argument("--concurrency", help="simultaneous streams to try (default 1,2,4,8,16; full-voice: 1,2,4)")
     parser.add_argument("--output", type=Path, help="also write the tables to this file")
     parser.add_argument("--repeats", type=int, default=3, help="runs per prompt for the TTFA table (median run shown)")
+    parser.add_argument("--tts-precisions", default="fp32,auto", help="full-voice: a row per GPT-SoVITS precision")
+    parser.add_argument(
+        "--genie-python", default=os.environ.get("BENCH_GENIE_PYTHON"),
+        help="full-voice: the Python of a separate venv with genie-tts, torch and transformers, for the Genie-TTS "
+        "anchor (default: $BENCH_GENIE_PYTHON; unset: that row says it was not run)",
+    )
     args = parser.parse_args()
-    concurrency = [int(n) for n in args.concurrency.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     header = (
@@ -166,10 +177,22 @@ def main() -> None:
         f"Command: `python -m bench {' '.join(sys.argv[1:])}`\n"
     )
     sections = [header]
+    print(header, flush=True)
     with tempfile.TemporaryDirectory(prefix="chat2audio-bench-") as tmp:
         for name in args.profiles.split(","):
-            section = asyncio.run(run_profile(PROFILES[name](), concurrency, Path(tmp), args.repeats))
-            print(section, flush=True)
+            profile = PROFILES[name]()
+            if isinstance(profile, FullVoiceProfile):
+                from bench.full_voice import run_full_voice
+
+                concurrency = _numbers(args.concurrency) if args.concurrency else profile.concurrency
+                section = asyncio.run(run_full_voice(  # printed part by part: it takes minutes
+                    profile, Path(tmp), precisions=args.tts_precisions.split(","), concurrency=concurrency,
+                    genie_python=args.genie_python, emit=lambda part: print(part, flush=True),
+                ))
+            else:
+                concurrency = _numbers(args.concurrency or "1,2,4,8,16")
+                section = asyncio.run(run_profile(profile, concurrency, Path(tmp), args.repeats))
+                print(section, flush=True)
             sections.append(section)
     sections.append(f"_Whole run: {time.perf_counter() - started:.0f} s._\n")
     print(sections[-1])

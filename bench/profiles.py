@@ -217,6 +217,46 @@ class TinyVoiceProfile(Profile):
         return env | {"CHAT2AUDIO_MODELS_DIR": str(models), "CHAT2AUDIO_DEVICE": "cpu"}
 
 
+class FullVoiceProfile(Profile):
+    """GPT-SoVITS on a full-size random-weight voice (the released models' shapes, built once under
+    the user cache dir by `tests.fixtures.full_gpt_sovits`), fed by the scripted LLM: what a real
+    voice costs. Its section is its own (`bench.full_voice`): per sentence in-process, for each TTS
+    precision, with gsv_tts and Genie-TTS as anchors; N concurrent streams through the stream app."""
+
+    name = "full-voice"
+    title = "GPT-SoVITS on the full-size random voice (released shapes), scripted LLM (1 token / 20 ms)"
+    speaker = "Full"
+    max_new_tokens = 400
+    concurrency = [1, 2, 4]
+    whole_runs = False  # True: each sentence of ours also unstreamed (RTF whole); doubles their time
+
+    def __init__(self) -> None:
+        from bench.full_voice import sentences
+        from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS
+
+        self.sentences = sentences()
+        self.concurrency_prompt = SPOKEN_TEXTS[0] + SPOKEN_TEXTS[1]
+
+    def server_env(self, workdir: Path) -> dict[str, str]:
+        from bench.full_voice import BUDGET_SETTING, TOKENS_PER_PHONE
+        from tests.fixtures.full_gpt_sovits import SPEAKER, full_size_models
+        from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
+
+        env = ScriptedProfile().server_env(workdir)
+        write_speaker_toml(
+            Path(env["CHAT2AUDIO_SPEAKERS_DIR"]), SPEAKER, speaker_id="Full", prompt="Tone", top_k=1, noise_scale=0.0
+        )
+        return env | {
+            "CHAT2AUDIO_MODELS_DIR": str(full_size_models()), "CHAT2AUDIO_DEVICE": "cpu",
+            BUDGET_SETTING: str(TOKENS_PER_PHONE),  # a random GPT never stops: as many tokens as real speech
+        }
+
+    @staticmethod
+    def genie_cache_dir(models_dir: Path) -> Path:
+        """Genie's converted models and data, kept next to the models dir they come from."""
+        return models_dir.with_name(f"genie-{models_dir.name}")
+
+
 class ConfiguredProfile(Profile):
     """Whatever this shell's CHAT2AUDIO_* variables configure (real weights, a GPU, a vLLM
     server), speaking as BENCH_SPEAKER (default Nahida)."""
@@ -252,5 +292,6 @@ PROFILES: dict[str, Callable[[], Profile]] = {
     "embedded": EmbeddedProfile,
     "tiny-qwen": TinyQwenProfile,
     "tiny-voice": TinyVoiceProfile,
+    "full-voice": FullVoiceProfile,
     "configured": ConfiguredProfile,
 }
