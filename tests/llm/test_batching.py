@@ -16,7 +16,7 @@ import torch
 from llm import batching
 from llm.base import ChatMessage, GenerationOptions
 from llm.transformers_backend import TransformersBackend
-from tests.fixtures.tiny_qwen2 import build_tiny_qwen2
+from tests.llm.conftest import started
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
 PENALISED = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.3)
@@ -27,17 +27,6 @@ CAPTAIN = (
     "plainly, with a dry sense of humour, and you tell stories of storms off the Grey Cape and of the "
     "lighthouse keeper of Saltmere. Keep your answers short: they are read aloud."
 )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-async def started(model_dir, tmp_path, max_batch: int) -> TransformersBackend:
-    backend = TransformersBackend(model_source=model_dir, cache_dir=tmp_path, device="cpu", max_batch=max_batch)
-    await backend.start()
-    return backend
 
 
 async def reply(

@@ -13,21 +13,10 @@ import torch
 from llm import batching
 from llm.base import ChatMessage, GenerationOptions
 from llm.transformers_backend import TransformersBackend
-from tests.fixtures.tiny_qwen2 import build_tiny_qwen2
+from tests.llm.conftest import started
 
 GREEDY = GenerationOptions(max_new_tokens=16, temperature=0.0, repetition_penalty=1.0)
 QUESTIONS = ["Hello there, who are you?", "Where is the harbour?", "Tell me a story about the sea, please."]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-async def started(model_dir, tmp_path, max_batch: int) -> TransformersBackend:
-    backend = TransformersBackend(model_source=model_dir, cache_dir=tmp_path, device="cpu", max_batch=max_batch)
-    await backend.start()
-    return backend
 
 
 async def reply(backend: TransformersBackend, question: str, options: GenerationOptions = GREEDY) -> tuple[str, str]:
