@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
-from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect, joined
+from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect, joined, summation_noise
 
 
 async def wait_until(condition, timeout_s: float = 5.0) -> float:

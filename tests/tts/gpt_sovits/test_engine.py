@@ -17,6 +17,7 @@ from tests.tts.gpt_sovits.helpers import (
     assert_audio,
     collect,
     joined,
+    summation_noise,
 )
 from tts.base import HoldsVoices, TTSEngine, TTSError
 from tts.gpt_sovits import GPTSoVITSEngine

@@ -49,24 +49,28 @@ def test_gpus_keep_fp16_and_refuse_int8():
 
 
 @needs_bf16
-@pytest.mark.parametrize("rows", [2, 4, 8, 40])
+@pytest.mark.parametrize("rows", [2, 8, 64])
 def test_int8_linear_rows_do_not_depend_on_each_other(rows):
-    """A sentence's numbers must not depend on who else is decoding (dynamic quantization's would)."""
+    """A sentence's numbers must not depend on who else is decoding: dynamic quantization's would
+    (its activation scale is the whole batch's), so a loud row there costs the others precision."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 1536)
     int8 = precision.int8_linear_class().from_linear(linear)
-    batch = torch.randn(rows, 1, 512)
-    batch[-1] *= 100  # one loud row: with a batch-wide activation scale the others would lose precision
+    quiet = torch.randn(rows, 1, 512)
+    with_a_loud_row = quiet.clone()
+    with_a_loud_row[-1] *= 100
     with torch.inference_mode():
-        together = int8(batch)
-        alone = torch.cat([int8(row.unsqueeze(0)) for row in batch])
-        exact = linear(batch)
+        beside_quiet, beside_loud = int8(quiet), int8(with_a_loud_row)
+        alone = torch.cat([int8(row.unsqueeze(0)) for row in quiet])
+        exact = linear(quiet)
+    torch.testing.assert_close(beside_loud[:-1], beside_quiet[:-1], rtol=0, atol=0)
+
     def relative(a, b):
         return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
 
-    # The quiet rows come out as they do alone (a kernel's summation order aside), and close to fp32.
-    assert relative(together[:-1], alone[:-1]) < 0.005
-    assert relative(together, exact) < 0.02
+    # However many decode together (up to the 64 the settings allow), a row comes out as alone.
+    assert relative(beside_quiet, alone) < 1e-6
+    assert relative(beside_quiet, exact) < 0.01
 
 
 @pytest.fixture(scope="module")
