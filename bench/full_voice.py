@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import resource
@@ -62,12 +61,6 @@ def _described(plan) -> str | None:
     return plan.describe() if hasattr(plan, "describe") else (str(plan) if plan is not None else None)
 
 
-def _default(function, name: str):
-    """A keyword's default (the engine is built with it), or None where the engine has no such keyword."""
-    parameter = inspect.signature(function).parameters.get(name)
-    return parameter.default if parameter is not None else None
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -92,8 +85,7 @@ async def _serve_ours(args: argparse.Namespace) -> None:
     replies.write(json.dumps({
         "ready": True, "load_s": time.perf_counter() - began,
         "precision": _described(getattr(engine, "precision", None)) or args.precision,
-        "first_chunk_tokens": _default(GPTSoVITSEngine, "first_chunk_tokens"),
-        "stream_chunk_tokens": engine.stream_chunk_tokens,
+        "chunk_ends": [engine._batcher.chunks.end(index) for index in range(6)],
     }) + "\n")
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -408,9 +400,8 @@ async def run_full_voice(
         f"{row.label.removeprefix('ours, ')} → {row.ready['precision']}"
         for row in rows if row.ready and "precision" in row.ready
     )
-    chunking = f"streamed chunks of {ready.get('stream_chunk_tokens')} tokens"
-    if "first_chunk_tokens" in inspect.signature(GPTSoVITSEngine).parameters:
-        chunking += f", the first of {ready.get('first_chunk_tokens')}"
+    ends = ready.get("chunk_ends") or []
+    chunking = f"streamed chunks ending at tokens {', '.join(map(str, ends))}, …"
     errors = "".join(f"\n- {row.label}: {row.error}" for row in rows if row.error)
     part(
         "### Per sentence, in-process (our precisions alternating; then each anchor alone)\n\n"
