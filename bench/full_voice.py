@@ -85,7 +85,7 @@ async def _serve_ours(args: argparse.Namespace) -> None:
     replies.write(json.dumps({
         "ready": True, "load_s": time.perf_counter() - began,
         "precision": _described(getattr(engine, "precision", None)) or args.precision,
-        "chunk_ends": [engine._batcher.chunks.end(index) for index in range(6)],
+        "chunk_ends": [engine.chunks.end(index) for index in range(6)],
     }) + "\n")
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):

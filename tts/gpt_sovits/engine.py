@@ -73,7 +73,7 @@ class GPTSoVITSEngine:
         self.use_bert = use_bert
         self.precision_setting = precision
         self.precision: PrecisionPlan | None = None  # what `precision` means on the device, once started
-        self.stream_chunk_tokens = stream_chunk_tokens
+        self.chunks = ChunkSchedule(first=first_chunk_tokens, size=stream_chunk_tokens)  # how sentences stream
         self.stats = EngineStats()
         self.device: str | None = None
         self.cache = VoiceCache(models_dir=self.models_dir, cache_size=cache_size, stats=self.stats)
@@ -85,7 +85,7 @@ class GPTSoVITSEngine:
             stats=self.stats,
             max_batch=max_batch,
             max_context=max_context,
-            chunks=ChunkSchedule(first=first_chunk_tokens, size=stream_chunk_tokens),
+            chunks=self.chunks,
             cores=cores or CoreShare(),
         )
         self._tts: Any = None

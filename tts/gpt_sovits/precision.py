@@ -95,7 +95,7 @@ def convert_gpt(t2s_model: Any, precision: str) -> None:
     elif precision == "bf16":
         transformer.to(torch.bfloat16)
         _cast_calls(transformer, ("process_prompt", "decode_next_token"), torch.bfloat16)
-    transformer.kv_dtype = torch.bfloat16 if precision == "bf16" else t2s_model.ar_predict_layer.weight.dtype
+        transformer.kv_dtype = torch.bfloat16  # its layers' activations: what kv_cache_dtype reads
 
 
 def kv_cache_dtype(t2s_model: Any) -> Any:
