@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 2**20, ge=1024, description="largest accepted voice upload")
 
     device: str = "auto"
+    llm_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="the in-process LLM's linear weights: auto = int8 for decode steps (bf16 for prompts) on a CPU "
+        "with AVX512-BF16 or AMX, else as loaded; fp32 = as loaded (float32 on a CPU, bf16/fp16 on CUDA)",
+    )
     tts_precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
         "auto",
         description="GPT-SoVITS weights' precision: auto = the fastest faithful one the device supports "

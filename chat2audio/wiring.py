@@ -34,6 +34,7 @@ def _transformers_llm(settings: Settings) -> LLMBackend:
     return TransformersBackend(
         model_source=source, cache_dir=settings.cache_dir, device=settings.device,
         trust_remote_code=settings.trust_remote_code, max_batch=settings.llm_batch_size, cores=settings.core_share(),
+        precision=settings.llm_precision,
     )
 
 

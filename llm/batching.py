@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat2audio.runtime.cores import CoreShare
+from chat2audio.runtime.int8_weights import decode_steps
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.stops import StopStrings
 
@@ -57,20 +58,24 @@ _END = object()
 PASS_COST_TOKENS = 32
 MIN_SHARED_PREFIX = PASS_COST_TOKENS
 # Between two decode steps, newcomers' prompts are computed for about this share of a decode
-# step's time (at least one pass): the running replies keep about half their pace however long
-# a newcomer's prompt (one pass over a 3 KB prompt stopped them for 7-11 s on a busy 2-core
-# CPU), and a long prompt is computed in passes sized to fit, measured as it goes. Larger admits
-# a long prompt sooner; smaller keeps more of the running replies' pace (bench/llm_prefill.py).
+# step's time (at least one pass), or longer while the running replies still take
+# RUNNING_STEPS_PER_S: the running replies keep at least about half their pace however long a
+# newcomer's prompt (one pass over a 3 KB prompt stopped them for 7-11 s on a busy 2-core CPU),
+# and a long prompt is computed in passes sized to fit, measured as it goes. Larger admits a long
+# prompt sooner; smaller keeps more of the running replies' pace (bench/llm_prefill.py).
 PREFILL_SHARE = 1.0
-# A prompt pass computes at least this many tokens (a pass has a cost of its own) and at most
-# this many, which bounds its activations' memory and how long it holds the running replies
-# up: newcomers share a pass (their padded own parts) only if it fits, whatever the step's time.
-MIN_PREFILL_CHUNK_TOKENS = 32
+# Speech takes about 3-4 tokens a second (English or Chinese), so at this many steps a second a
+# running reply's text still comes twice as fast as its audio plays: a fast model lends prefill
+# the steps it takes beyond that (SmolLM2-135M, int8, 4 replies: ~30 steps a second alone).
+RUNNING_STEPS_PER_S = 8.0
+# A prompt pass computes at least this many tokens (a pass has a cost of its own: it reads every
+# weight, and at a long prompt's end every earlier token's keys) and at most this many, which
+# bounds its activations' memory and how long it holds the running replies up: newcomers share
+# a pass (their padded own parts) only if it fits, whatever the step's time. At 4k tokens into a
+# prompt, 32 tokens took ~200 ms against a 30 ms decode step (SmolLM2-135M, 2 cores), so the
+# running replies fell to 4 steps a second: near speech's own pace, and listeners ran dry.
+MIN_PREFILL_CHUNK_TOKENS = 8
 PREFILL_CHUNK_TOKENS = 256
-# Rows decode in one pass, their caches left-padded to the longest, while the padding is at
-# most their real columns or this many columns: a short row never holds a long one's length
-# in padding (8 rows beside an 8k-token prompt held ~3 GB), and a few thousand columns cost
-# less than a pass of their own.
 PADDING_ALLOWANCE_COLUMNS = 2048
 # Columns a row-cache grows by when a step runs out of room (one copy per this many steps).
 SPARE_COLUMNS = 128
@@ -241,7 +246,7 @@ class ContinuousBatcher:
         is done joins the running rows."""
         spent_s = 0.0
         while self._prefills:
-            budget_s = PREFILL_SHARE * self._decode_s if self._buckets else math.inf
+            budget_s = _prefill_budget_s(self._decode_s) if self._buckets else math.inf
             if spent_s and spent_s >= budget_s:
                 break
             self._chunk_tokens = self._chunk_for(budget_s - spent_s)
@@ -251,7 +256,8 @@ class ContinuousBatcher:
                 continue
             started = time.perf_counter()
             try:
-                tokens = next(job.passes)
+                with decode_steps(False):  # a one-token prompt pass computes as a longer one would
+                    tokens = next(job.passes)
                 self._timed_prefill(tokens, time.perf_counter() - started)
                 spent_s += time.perf_counter() - started
                 continue
@@ -385,7 +391,8 @@ class ContinuousBatcher:
         for bucket in self._buckets:
             try:
                 last_tokens = self._tensor([[reply.generated[-1]] for reply in bucket.replies])
-                logits.append(bucket.decode(self.model, last_tokens))
+                with decode_steps():
+                    logits.append(bucket.decode(self.model, last_tokens))
                 replies += bucket.replies
             except Exception:
                 log.exception("LLM decode step failed")
@@ -443,6 +450,11 @@ class ContinuousBatcher:
         import torch
 
         return torch.arange(start, start + length, device=self.device).expand(rows, length)
+
+
+def _prefill_budget_s(decode_s: float) -> float:
+    """Seconds of prompt passes between two decode steps of `decode_s` each."""
+    return max(PREFILL_SHARE * decode_s, 1 / RUNNING_STEPS_PER_S - decode_s)
 
 
 def _smoothed(average: float | None, value: float) -> float:

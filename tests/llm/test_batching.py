@@ -316,7 +316,8 @@ def sailor(question: str) -> list[ChatMessage]:
 
 async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(model_dir, tmp_path, monkeypatch):
     # One pass of 64 prompt tokens per step, whatever the passes take.
-    for knob, value in [("PREFILL_SHARE", 0.0), ("MIN_PREFILL_CHUNK_TOKENS", 64), ("PREFILL_CHUNK_TOKENS", 64)]:
+    for knob, value in [("PREFILL_SHARE", 0.0), ("RUNNING_STEPS_PER_S", float("inf")), ("MIN_PREFILL_CHUNK_TOKENS", 64),
+                        ("PREFILL_CHUNK_TOKENS", 64)]:
         monkeypatch.setattr(batching, knob, value, raising=False)
     serial = await started(model_dir, tmp_path, max_batch=1)
     long_alone = await reply(serial, QUESTIONS[0], GREEDY, LOGBOOK)
@@ -378,7 +379,8 @@ async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir
 
 
 async def test_a_newcomer_that_hangs_up_during_its_long_prompt_stops_being_computed(model_dir, tmp_path, monkeypatch):
-    for knob, value in [("PREFILL_SHARE", 0.0), ("MIN_PREFILL_CHUNK_TOKENS", 64), ("PREFILL_CHUNK_TOKENS", 64)]:
+    for knob, value in [("PREFILL_SHARE", 0.0), ("RUNNING_STEPS_PER_S", float("inf")), ("MIN_PREFILL_CHUNK_TOKENS", 64),
+                        ("PREFILL_CHUNK_TOKENS", 64)]:
         monkeypatch.setattr(batching, knob, value, raising=False)
     batched = await started(model_dir, tmp_path, max_batch=4)
     passes = _record_forward_passes(batched)

@@ -12,11 +12,11 @@ and the fidelity figures behind `auto`; tests/tts/gpt_sovits/test_precision.py a
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from chat2audio.runtime.int8_weights import cpu_supports_bf16, int8_linear_class, replace_linear_layers
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,6 @@ def plan_precision(setting: str, device: str) -> PrecisionPlan:
     return PrecisionPlan("bf16", "bf16", "bf16", dtype="float32")
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 # -- conversions (on the engine's worker thread, right after gsv_tts loads a model) ---------------
 
 
@@ -127,68 +118,6 @@ def convert_vocoder(vq_model: Any, precision: str) -> None:
     if precision == "bf16":
         vq_model.dec.to(torch.bfloat16)
         _cast_calls(vq_model.dec, ("forward",), torch.bfloat16)
-
-
-def replace_linear_layers(module: Any, convert: Any) -> None:
-    """Replace every `nn.Linear` inside `module` by `convert(linear)`, in place."""
-    import torch
-
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.Linear):
-            setattr(module, name, convert(child))
-        else:
-            replace_linear_layers(child, convert)
-
-
-@functools.cache
-def int8_linear_class() -> type:
-    """The Int8Linear module class (built on first use: torch is imported by the engine's start)."""
-    import torch
-
-    class Int8Linear(torch.nn.Module):
-        """A linear layer with int8 weights and a bf16 scale per output channel.
-
-        A decode step's few rows go through PyTorch's int8-weight kernel (`_weight_int8pack_mm`,
-        what torchao's int8 weight-only mode calls on CPU; called directly here because the tensor
-        subclass around it costs more per call than the kernel itself at this size): it reads a
-        quarter of fp32's bytes. That kernel's cost grows with every row, so many rows (a prompt)
-        multiply bf16 weights instead, with oneDNN, as a bf16 layer would; the two copies together
-        are still 0.75 × fp32's memory. Either way each row's result depends on that row alone.
-        """
-
-        # Every decode step takes the int8 kernel, however many sentences decode together (the
-        # setting allows 64), so that how many there are never changes a sentence's numbers; a
-        # prompt (a reference clip's tokens and phonemes: well over 64 rows) takes bf16 weights.
-        MAX_KERNEL_ROWS = 64
-
-        def __init__(self, weight: Any, scales: Any, dense_weight: Any, bias: Any) -> None:
-            super().__init__()
-            self.register_buffer("weight", weight)  # int8 [out, in]
-            self.register_buffer("scales", scales)  # bf16 [out]
-            self.register_buffer("dense_weight", dense_weight)  # bf16 [out, in]
-            self.register_buffer("bias", bias)  # float32 [out] or None
-            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-
-        @classmethod
-        def from_linear(cls, linear: Any) -> Any:
-            weight = linear.weight.detach().float()
-            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
-            bias = None if linear.bias is None else linear.bias.detach().float().clone()
-            return cls(quantized.contiguous(), scales.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
-
-        def forward(self, x: Any) -> Any:
-            rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-            if rows.shape[0] <= self.MAX_KERNEL_ROWS:
-                out = torch._weight_int8pack_mm(rows, self.weight, self.scales)
-            else:
-                out = torch.nn.functional.linear(rows, self.dense_weight)
-            out = out.to(x.dtype)
-            if self.bias is not None:
-                out = out + self.bias
-            return out.reshape(*x.shape[:-1], self.out_features)
-
-    return Int8Linear
 
 
 def _cast_calls(module: Any, names: tuple[str, ...], dtype: Any) -> None:
