@@ -208,13 +208,13 @@ class OpenAIBackend(UpstreamClient):
                 folder, trust_remote_code=self._trust_remote_code, local_files_only=True
             )
         except Exception as exc:  # any of the ways a folder is not a tokenizer
+            log.log(logging.WARNING if required else logging.INFO, "no tokenizer loads from %s: %r", folder, exc)
+            tokenizer = None
+        if tokenizer is None or not tokenizer.chat_template:
             if required:
-                raise ValueError(f"CHAT2AUDIO_LLM_TOKENIZER: no tokenizer loads from {folder}: {exc}") from exc
-            log.info("no tokenizer in %s (%s); counting tokens by estimate", folder, type(exc).__name__)
-            return None
-        if not tokenizer.chat_template:
-            if required:
-                raise ValueError(f"CHAT2AUDIO_LLM_TOKENIZER: {folder} has no chat template")
+                raise LLMError(
+                    f"CHAT2AUDIO_LLM_TOKENIZER={name}: no tokenizer with a chat template in {folder}", status=503
+                )
             return None
         self._tokenizer_name = name
         return tokenizer

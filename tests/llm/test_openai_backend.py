@@ -479,7 +479,7 @@ async def test_tokenizer_setting(tokenizer_dir: Path, tmp_path: Path) -> None:
             assert not b.counts_exactly and "an upper-bound estimate" in b.describe()
         async with started(server, tokenizer=tokenizer_dir.name, models_dir=tokenizer_dir.parent) as b:
             assert b.counts_exactly  # relative: under the models dir
-        with pytest.raises(ValueError, match="CHAT2AUDIO_LLM_TOKENIZER"):
+        with pytest.raises(LLMError, match="CHAT2AUDIO_LLM_TOKENIZER"):
             async with started(server, tokenizer=str(tmp_path / "nowhere")):
                 pass
 
