@@ -207,7 +207,7 @@ class OpenAIBackend(UpstreamClient):
             tokenizer = AutoTokenizer.from_pretrained(
                 folder, trust_remote_code=self._trust_remote_code, local_files_only=True
             )
-        except Exception as exc:  # any of the ways a folder is not a tokenizer
+        except (OSError, ValueError, ImportError, KeyError) as exc:  # no files, unknown class, missing library
             log.log(logging.WARNING if required else logging.INFO, "no tokenizer loads from %s: %r", folder, exc)
             tokenizer = None
         if tokenizer is None or not tokenizer.chat_template:
