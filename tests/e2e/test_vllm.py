@@ -92,7 +92,7 @@ def vllm(vllm_python: Path, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache: ~4.6 GB RSS in all
+        "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "2",  # a fixed 2 GiB KV cache, not sized by vLLM
     }
     command = [
         str(vllm_python), "-m", "vllm.entrypoints.openai.api_server",  # `vllm serve` trips on the repack's name
