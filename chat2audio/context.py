@@ -34,6 +34,7 @@ def fit_history(
     *,
     budget: int | None,
     count_tokens: TokenCounter = estimate_tokens,
+    exact: bool = True,
 ) -> list[ChatMessage]:
     """`system + history + user`, dropping the oldest exchanges until it fits `budget` tokens.
 
@@ -42,11 +43,15 @@ def fit_history(
     client-kept chat (1,700 messages) quadratic. A few exact counts of the result then correct
     what the per-message sum missed (a template's joins), each a render of what fits, not more.
     Blocking (a tokenizer): run it off the event loop. Raises InvalidInput when even the system
-    prompt and the new input alone do not fit.
+    prompt and the new input alone do not fit; where `count_tokens` is only an upper bound
+    (`exact` False: a remote model whose tokenizer is not at hand) they are sent without history
+    instead, and the server, which counts exactly, has the last word.
     """
     if budget is None:
         return [*system, *history, user]
     fixed = count_tokens([*system, user])
+    if fixed > budget and not exact:
+        return [*system, user]
     if fixed > budget:
         raise InvalidInput(
             f"the input is too long for the model's context ({budget} tokens for prompt and input); shorten it"

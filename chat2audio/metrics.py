@@ -66,4 +66,4 @@ class _LiveCollector(Collector):
         yield CounterMetricFamily(
             "chat2audio_requests_rejected", "Requests turned away with 503 (server full, or no slot in time)", value=counts.rejected
         )
-        yield CounterMetricFamily("chat2audio_llm_tokens", "Tokens the in-process LLM generated", value=counts.llm_tokens)
+        yield CounterMetricFamily("chat2audio_llm_tokens", "Tokens the LLM generated", value=counts.llm_tokens)

@@ -104,7 +104,7 @@ class StatsResponse(BaseModel):
     admitted_requests: int = Field(description="Requests running or waiting for a slot.")
     llm_active_generations: int = Field(description="LLM generations running now (in-process backends).")
     sessions_in_turn: int = Field(0, description="Conversations with a turn running or waiting.")
-    llm_tokens_generated: int = Field(0, description="Tokens the in-process LLM generated since start-up (a counter).")
+    llm_tokens_generated: int = Field(0, description="Tokens the LLM generated since start-up (a counter).")
     threads: int
 
 

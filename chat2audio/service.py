@@ -294,7 +294,10 @@ class ChatService:
     ) -> list[ChatMessage]:
         """The prompt: as much of `history` as fits the context, counted on the fitting thread."""
         budget, count_tokens = self._prompt_budget(turn)
-        fit = functools.partial(fit_history, system, history, user, budget=budget, count_tokens=count_tokens)
+        exact = getattr(self.llm, "counts_exactly", True)  # False: the remote backend's upper bound
+        fit = functools.partial(
+            fit_history, system, history, user, budget=budget, count_tokens=count_tokens, exact=exact
+        )
         return await asyncio.get_running_loop().run_in_executor(self._prompt_fitter, fit)
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:

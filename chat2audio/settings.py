@@ -74,8 +74,16 @@ class Settings(BaseSettings):
     llm_context_tokens: int | None = Field(
         None,
         ge=64,
-        description="the model's context window; history is trimmed to fit it. Unset: the local model's own, "
-        "4096 for remote servers (vLLM's --max-model-len)",
+        description="the model's context window; history is trimmed to fit it. Set, it wins over what the model "
+        "or server says. Unset: the local model's own; for openai, what the server publishes (vLLM's /v1/models "
+        "max_model_len, llama.cpp's /props n_ctx), else 4096",
+    )
+    llm_tokenizer: str | None = Field(
+        None,
+        description="openai: a local copy of the served model's tokenizer (HF dir; relative: under models_dir), "
+        "to count prompt tokens exactly; 'none' = never load one. Unset: the directory the server says it loaded "
+        "the model from (vLLM's /v1/models root) or CHAT2AUDIO_LLM_MODEL, if either is on this machine or in the "
+        "local hub cache; else an upper-bound estimate (one token per UTF-8 byte)",
     )
     trust_remote_code: bool = False
 

@@ -44,6 +44,8 @@ def _openai_llm(settings: Settings) -> LLMBackend:
     return OpenAIBackend(
         base_url=settings.llm_base_url, model=settings.llm_model, api_key=settings.llm_api_key,
         timeout_s=settings.llm_timeout_s, max_connections=_connections(settings),
+        context_tokens=settings.llm_context_tokens, tokenizer=settings.llm_tokenizer, models_dir=settings.models_dir,
+        trust_remote_code=settings.trust_remote_code,
     )
 
 

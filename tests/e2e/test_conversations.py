@@ -118,7 +118,11 @@ def upstream():
 @pytest.fixture(scope="module")
 def upstream_server(upstream, tmp_path_factory):
     root = tmp_path_factory.mktemp("translating")
-    env = scripted_env(root, llm_backend="openai", llm_base_url=upstream.base_url, llm_model="roleplay")
+    # A reply's room as a real deployment leaves it: scripted_env's 4,000 of the stub's 4,096-token
+    # window would leave the prompt less room than the openai backend's upper-bound count needs.
+    env = scripted_env(
+        root, llm_backend="openai", llm_base_url=upstream.base_url, llm_model="roleplay", llm_max_new_tokens="200"
+    )
     (root / "speakers" / "Traveller.toml").write_text(
         'engine = "scripted"\nlanguage = "zh"\nspeech_language = "ja"\n[voice]\nfrequency_hz = 300\n'
     )
@@ -173,6 +177,7 @@ def test_speech_in_another_language_translates_each_sentence_before_tts(upstream
     assert [e["speech_text"] for e in sentences] == ["JA 我在这里。", "JA 我们一起走吧。"]
     for event, spoken in zip(sentences, ["JA 我在这里。", "JA 我们一起走吧。"]):
         assert event["audio_seconds"] == pytest.approx(int(ScriptedTTS.duration_s(spoken) * SAMPLE_RATE) / SAMPLE_RATE)
-    translations = [r.body for r in upstream.requests if r.body["messages"][0]["content"].startswith("Translate")]
+    chats = [r.body for r in upstream.requests if r.method == "POST"]  # not the backends' GET /v1/models
+    translations = [body for body in chats if body["messages"][0]["content"].startswith("Translate")]
     assert "from zh into ja" in translations[-1]["messages"][0]["content"]
     assert events[-1]["text"] == "我在这里。我们一起走吧。"  # the text shown is the original

@@ -6,14 +6,22 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+from transformers import AutoTokenizer
 
+from chat2audio.errors import InvalidInput, as_service_error
 from chat2audio.settings import Settings
 from chat2audio.wiring import create_llm
+from llm import openai_backend
 from llm.base import ChatMessage, GenerationOptions, LLMBackend, LLMError, TextPiece
-from llm.openai_backend import OpenAIBackend
+from llm.openai_backend import DEFAULT_CONTEXT_TOKENS, OpenAIBackend
 from tests.fixtures.openai_stub_server import DEFAULT_REPLY, OpenAIStubServer, split_pieces
+from tests.fixtures.tiny_qwen2 import _build_tokenizer
+from tests.inprocess import scripted_service, speak
 
 API_KEY = "sk-test-SECRET-0123456789"
 MESSAGES = [
@@ -382,3 +390,170 @@ async def test_create_from_settings(stub: OpenAIStubServer) -> None:
     assert "".join(p.text for p in pieces) == DEFAULT_REPLY
     assert stub.requests[-1].body["model"] == "from-settings"
     assert stub.requests[-1].path == "/v1/chat/completions"
+
+
+# -- the server's context window, token counts, usage ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A small byte-level BPE tokenizer with a chat template, as a model directory ships it."""
+    folder = tmp_path_factory.mktemp("served-model")
+    _build_tokenizer(folder, 400)
+    return folder
+
+
+@asynccontextmanager
+async def started(server: OpenAIStubServer, model: str = "some-model", **kw: Any) -> AsyncIterator[OpenAIBackend]:
+    b = OpenAIBackend(base_url=server.base_url, model=model, timeout_s=5.0, **kw)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+@pytest.mark.asyncio
+async def test_window_from_the_model_list() -> None:
+    with OpenAIStubServer(model_fields={"max_model_len": 2048}) as server:
+        async with started(server) as b:
+            assert (b.context_tokens, b.context_source) == (2048, "the server's /models")
+            assert "context 2048 tokens (the server's /models)" in b.describe()
+        assert [r.path for r in server.requests] == ["/v1/models"]  # no /props when /models says
+
+
+@pytest.mark.parametrize("props", [{"default_generation_settings": {"n_ctx": 3072}}, {"n_ctx": 3072}])
+@pytest.mark.asyncio
+async def test_window_from_llama_cpp_props(props: dict[str, Any]) -> None:
+    with OpenAIStubServer(props=props) as server:
+        async with started(server) as b:
+            assert (b.context_tokens, b.context_source) == (3072, "the server's /props")
+        assert server.requests[-1].path == "/props"  # at the root, not under /v1
+
+
+@pytest.mark.asyncio
+async def test_window_falls_back_to_the_default() -> None:
+    with OpenAIStubServer() as server:
+        async with started(server) as b:
+            assert (b.context_tokens, b.context_source) == (DEFAULT_CONTEXT_TOKENS, "default")
+            assert "context 4096 tokens (default)" in b.describe()
+
+
+@pytest.mark.asyncio
+async def test_configured_window_wins_over_the_server() -> None:
+    with OpenAIStubServer(model_fields={"max_model_len": 2048}) as server:
+        async with started(server, context_tokens=1024) as b:
+            assert (b.context_tokens, b.context_source) == (1024, "CHAT2AUDIO_LLM_CONTEXT_TOKENS")
+
+
+@pytest.mark.asyncio
+async def test_server_down_at_start_is_asked_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_backend, "REDISCOVER_EVERY_S", 0.0)
+    port = free_port()
+    b = OpenAIBackend(base_url=f"http://127.0.0.1:{port}/v1", model="some-model", timeout_s=5.0)
+    await b.start()  # a server still loading its model must not keep chat2audio from starting
+    try:
+        assert b.context_source == "default"
+        with OpenAIStubServer(port=port, model_fields={"max_model_len": 2048}):
+            await collect(b)
+            assert (b.context_tokens, b.context_source) == (2048, "the server's /models")
+    finally:
+        await b.stop()
+
+
+@pytest.mark.asyncio
+async def test_tokenizer_found_where_the_server_loaded_the_model(tokenizer_dir: Path) -> None:
+    with OpenAIStubServer(model_fields={"max_model_len": 2048, "root": str(tokenizer_dir)}) as server:
+        async with started(server) as b:
+            assert b.counts_exactly and f"tokenizer {tokenizer_dir}" in b.describe()
+            exact = AutoTokenizer.from_pretrained(tokenizer_dir).apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in MESSAGES], add_generation_prompt=True, tokenize=True
+            )
+            assert b.count_tokens(MESSAGES) == len(exact["input_ids"] if hasattr(exact, "keys") else exact)
+
+
+@pytest.mark.asyncio
+async def test_tokenizer_setting(tokenizer_dir: Path, tmp_path: Path) -> None:
+    with OpenAIStubServer(model_fields={"root": str(tokenizer_dir)}) as server:
+        async with started(server, tokenizer="none") as b:
+            assert not b.counts_exactly and "an upper-bound estimate" in b.describe()
+        async with started(server, tokenizer=tokenizer_dir.name, models_dir=tokenizer_dir.parent) as b:
+            assert b.counts_exactly  # relative: under the models dir
+        with pytest.raises(LLMError, match="CHAT2AUDIO_LLM_TOKENIZER"):
+            async with started(server, tokenizer=str(tmp_path / "nowhere")):
+                pass
+
+
+@pytest.mark.asyncio
+async def test_estimate_never_counts_fewer_than_the_tokenizer(tokenizer_dir: Path) -> None:
+    texts = ["Hello there, how are you today? " * 20, "你好！今天过得怎么样？纳西妲在森林里。" * 20,
+             "3.14159265358979 1234567890 !?!?!? ~~~", "🙂🚀 ünïcödé ÆØÅ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 " * 10, ""]
+    with OpenAIStubServer(model_fields={"root": str(tokenizer_dir)}) as server:
+        async with started(server) as exact, started(server, tokenizer="none") as estimate:
+            for text in texts:
+                messages = [ChatMessage("system", "You are Nahida."), ChatMessage("user", text)]
+                assert estimate.count_tokens(messages) >= exact.count_tokens(messages)
+
+
+@pytest.mark.asyncio
+async def test_input_too_long_alone_is_refused_before_the_server_is_asked(tokenizer_dir: Path, tmp_path: Path) -> None:
+    with OpenAIStubServer(model_fields={"max_model_len": 512, "root": str(tokenizer_dir)}) as server:
+        async with scripted_service(
+            tmp_path, llm_backend="openai", llm_base_url=server.base_url, llm_model="m", llm_max_new_tokens="100"
+        ) as service:
+            before = len(server.requests)
+            with pytest.raises(InvalidInput, match="412 tokens"):
+                await speak(service, "word " * 1000)
+            assert len(server.requests) == before
+
+
+@pytest.mark.asyncio
+async def test_servers_context_length_error_is_the_clients(tmp_path: Path) -> None:
+    """Without a tokenizer the estimate cannot be sure an input does not fit: the server is asked,
+    and its 400 becomes a 4xx that says how long the prompt may be."""
+    with OpenAIStubServer(model_fields={"max_model_len": 2048}) as server:
+        async with started(server, "stub-400-context", tokenizer="none") as b:
+            with pytest.raises(LLMError) as info:
+                await collect(b, options=GenerationOptions(max_new_tokens=160))
+            assert info.value.status == 400
+            assert "context window of 2048 tokens" in str(info.value) and "may take 1888 tokens" in str(info.value)
+        async with scripted_service(
+            tmp_path, llm_backend="openai", llm_base_url=server.base_url, llm_model="stub-400-context",
+            llm_max_new_tokens="160", llm_tokenizer="none",
+        ) as service:
+            with pytest.raises(LLMError) as info:
+                await speak(service, "word " * 1000)  # the upper bound says no; only the server is sure
+            assert server.requests[-1].path == "/v1/chat/completions"
+        failure = as_service_error(info.value)  # what the client gets: its input's fault
+        assert isinstance(failure, InvalidInput) and "2048 tokens" in failure.message
+
+
+@pytest.mark.asyncio
+async def test_window_named_in_the_error_is_learned() -> None:
+    with OpenAIStubServer() as server:
+        async with started(server, "stub-400-context") as b:
+            assert b.context_tokens == DEFAULT_CONTEXT_TOKENS
+            with pytest.raises(LLMError):
+                await collect(b)
+            assert (b.context_tokens, b.context_source) == (2048, "the server's error message")
+
+
+@pytest.mark.asyncio
+async def test_usage_counts_the_tokens_generated() -> None:
+    pieces = len(split_pieces(DEFAULT_REPLY))
+    with OpenAIStubServer(usage_tokens=pieces + 5) as server:
+        async with started(server) as b:
+            await collect(b)
+            assert b.tokens_generated == pieces + 5  # the server's own count
+            await collect(b, "stub-no-usage")
+            assert b.tokens_generated == 2 * pieces + 5  # no usage: the pieces streamed
+
+
+@pytest.mark.asyncio
+async def test_hang_up_counts_what_was_streamed(backend: OpenAIBackend) -> None:
+    backend._model = "stub-endless"
+    stream = backend.stream_chat(MESSAGES, OPTIONS)
+    for _ in range(5):
+        await anext(stream)
+    await stream.aclose()
+    assert backend.tokens_generated == 5
