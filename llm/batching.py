@@ -57,23 +57,25 @@ _END = object()
 # reply, and newcomers share a pass even if that pads their prompts by a few tokens.
 PASS_COST_TOKENS = 32
 MIN_SHARED_PREFIX = PASS_COST_TOKENS
-# Between two decode steps, newcomers' prompts are computed for about this share of a decode
-# step's time (at least one pass), or longer while the running replies still take
-# RUNNING_STEPS_PER_S: the running replies keep at least about half their pace however long a
-# newcomer's prompt (one pass over a 3 KB prompt stopped them for 7-11 s on a busy 2-core CPU),
-# and a long prompt is computed in passes sized to fit, measured as it goes. Larger admits a long
-# prompt sooner; smaller keeps more of the running replies' pace (bench/llm_prefill.py).
+# After each decode step, newcomers' prompts may take about this share of a decode step's time,
+# or more while the running replies still take RUNNING_STEPS_PER_S: the running replies keep at
+# least about half their pace however long a newcomer's prompt (one pass over a 3 KB prompt
+# stopped them for 7-11 s on a busy 2-core CPU). The time is accounted, not rationed per step:
+# a prompt pass may take up to PREFILL_BURST_S, and the steps after it go without prompt passes
+# until its time is paid back. Larger admits a long prompt sooner; smaller keeps more of the
+# running replies' pace (bench/llm_prefill.py).
 PREFILL_SHARE = 1.0
 # Speech takes about 3-4 tokens a second (English or Chinese), so at this many steps a second a
 # running reply's text still comes twice as fast as its audio plays: a fast model lends prefill
 # the steps it takes beyond that (SmolLM2-135M, int8, 4 replies: ~30 steps a second alone).
 RUNNING_STEPS_PER_S = 8.0
-# A prompt pass computes at least this many tokens (a pass has a cost of its own: it reads every
-# weight, and at a long prompt's end every earlier token's keys) and at most this many, which
-# bounds its activations' memory and how long it holds the running replies up: newcomers share
-# a pass (their padded own parts) only if it fits, whatever the step's time. At 4k tokens into a
-# prompt, 32 tokens took ~200 ms against a 30 ms decode step (SmolLM2-135M, 2 cores), so the
-# running replies fell to 4 steps a second: near speech's own pace, and listeners ran dry.
+# The longest a prompt pass is sized to take, which is the longest the running replies wait for
+# a step. A pass reads every weight and every earlier token's keys of its prompt whatever its
+# length, so small passes are slow: 5.5k tokens in 8-token passes took 132 s beside 4 running
+# replies (one pass: 17 s). A quarter second is far under what a listener has buffered.
+PREFILL_BURST_S = 0.25
+# A prompt pass computes at least this many tokens and at most this many, which bounds its
+# activations' memory: newcomers share a pass (their padded own parts) only if it fits.
 MIN_PREFILL_CHUNK_TOKENS = 8
 PREFILL_CHUNK_TOKENS = 256
 PADDING_ALLOWANCE_COLUMNS = 2048
@@ -146,6 +148,9 @@ class ContinuousBatcher:
         # What the last steps took, which sizes the next prompt passes (see `_prefill_some`).
         self._decode_s = 0.0
         self._prefill_token_s: float | None = None
+        # Prompt-pass time the running replies owe (positive: may still be spent; negative:
+        # spent ahead, paid back over the next steps). See PREFILL_BURST_S.
+        self._prefill_allowance_s = 0.0
         self._chunk_tokens = PREFILL_CHUNK_TOKENS
         self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
         self._thread.start()
@@ -241,15 +246,20 @@ class ContinuousBatcher:
         return _PrefillJob(group, self._prefill_passes(group))
 
     def _prefill_some(self) -> None:
-        """Newcomers' prompt passes, first come first served, for about PREFILL_SHARE of a decode
-        step's time (at least one pass; no limit while nothing decodes); a newcomer whose prompt
-        is done joins the running rows."""
-        spent_s = 0.0
+        """Newcomers' prompt passes, first come first served, while the prompt-pass time the
+        running replies lend (about PREFILL_SHARE of each decode step, see `_prefill_budget_s`)
+        is not spent; no limit while nothing decodes. A newcomer whose prompt is done joins the
+        running rows."""
+        if not self._prefills:
+            self._prefill_allowance_s = 0.0
+            return
+        lent_s = _prefill_budget_s(self._decode_s)
+        self._prefill_allowance_s = min(PREFILL_BURST_S, self._prefill_allowance_s + lent_s)
         while self._prefills:
-            budget_s = _prefill_budget_s(self._decode_s) if self._buckets else math.inf
-            if spent_s and spent_s >= budget_s:
+            unlimited = not self._buckets or lent_s == math.inf
+            if not unlimited and self._prefill_allowance_s <= 0:
                 break
-            self._chunk_tokens = self._chunk_for(budget_s - spent_s)
+            self._chunk_tokens = self._chunk_for(math.inf if unlimited else PREFILL_BURST_S)
             job = self._prefills[0]
             if all(reply.cancelled.is_set() for reply in job.replies):  # nobody waits for it
                 self._prefills = self._prefills[1:]
@@ -259,7 +269,7 @@ class ContinuousBatcher:
                 with decode_steps(False):  # a one-token prompt pass computes as a longer one would
                     tokens = next(job.passes)
                 self._timed_prefill(tokens, time.perf_counter() - started)
-                spent_s += time.perf_counter() - started
+                self._spend(started, unlimited)
                 continue
             except StopIteration as done:
                 prefill: _Prefill = done.value
@@ -271,12 +281,17 @@ class ContinuousBatcher:
                 self._prefills = [*alone, *self._prefills[1:]]
                 if not alone:
                     _fail(job.replies[0], LLMError("the LLM failed to read the prompt; see the server log", status=500))
-                spent_s += time.perf_counter() - started
+                self._spend(started, unlimited)
                 continue
             self._timed_prefill(prefill.last_pass_tokens, time.perf_counter() - started)
             self._prefills = self._prefills[1:]
             self._join(prefill)
-            spent_s += time.perf_counter() - started
+            self._spend(started, unlimited)
+
+    def _spend(self, started: float, unlimited: bool) -> None:
+        """Charge a prompt pass that began at `started` to the running replies (if any waited)."""
+        if not unlimited:
+            self._prefill_allowance_s -= time.perf_counter() - started
 
     def _chunk_for(self, budget_s: float) -> int:
         """The prompt tokens a pass may compute in `budget_s`, as prefill has gone so far."""
@@ -453,7 +468,7 @@ class ContinuousBatcher:
 
 
 def _prefill_budget_s(decode_s: float) -> float:
-    """Seconds of prompt passes between two decode steps of `decode_s` each."""
+    """Seconds of prompt passes the running replies lend per decode step of `decode_s`."""
     return max(PREFILL_SHARE * decode_s, 1 / RUNNING_STEPS_PER_S - decode_s)
 
 

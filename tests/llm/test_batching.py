@@ -315,8 +315,9 @@ def sailor(question: str) -> list[ChatMessage]:
 
 
 async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(model_dir, tmp_path, monkeypatch):
-    # One pass of 64 prompt tokens per step, whatever the passes take.
-    for knob, value in [("PREFILL_SHARE", 0.0), ("RUNNING_STEPS_PER_S", float("inf")), ("MIN_PREFILL_CHUNK_TOKENS", 64),
+    # One pass of 64 prompt tokens per step, whatever the passes take: each step lends more time
+    # than any pass takes, and a pass may be sized to take next to none.
+    for knob, value in [("PREFILL_SHARE", 1e9), ("PREFILL_BURST_S", 1e-9), ("MIN_PREFILL_CHUNK_TOKENS", 64),
                         ("PREFILL_CHUNK_TOKENS", 64)]:
         monkeypatch.setattr(batching, knob, value, raising=False)
     serial = await started(model_dir, tmp_path, max_batch=1)
@@ -379,7 +380,7 @@ async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir
 
 
 async def test_a_newcomer_that_hangs_up_during_its_long_prompt_stops_being_computed(model_dir, tmp_path, monkeypatch):
-    for knob, value in [("PREFILL_SHARE", 0.0), ("RUNNING_STEPS_PER_S", float("inf")), ("MIN_PREFILL_CHUNK_TOKENS", 64),
+    for knob, value in [("PREFILL_SHARE", 1e9), ("PREFILL_BURST_S", 1e-9), ("MIN_PREFILL_CHUNK_TOKENS", 64),
                         ("PREFILL_CHUNK_TOKENS", 64)]:
         monkeypatch.setattr(batching, knob, value, raising=False)
     batched = await started(model_dir, tmp_path, max_batch=4)
