@@ -2,11 +2,11 @@
 
 One thread owns the model. Each step it lets newcomers in, runs a forward pass for the running
 replies, samples each row on its own with that reply's own settings (a row that yields no token
-ends alone) and hands each reply its new text; then, for about as long as that step took
-(PREFILL_SHARE), it computes newcomers' prompts, a long one in chunks over several steps, so that
-a long prompt slows the running replies down instead of stopping them. A reply leaves at its
-end, its token limit, a stop string, or the step after its client hung up: its slot is free at
-once.
+ends alone) and hands each reply its new text; then it computes newcomers' prompts for the time
+the running replies lend it (about a step's time per step, accounted over several steps: see
+PREFILL_SHARE), a long prompt in passes over many steps, so that a long prompt slows the running
+replies down instead of stopping them. A reply leaves at its end, its token limit, a stop string,
+or the step after its client hung up: its slot is free at once.
 
 Where the time goes (SmolLM2-135M, float32, 2-core CPU), and what this module does about it:
 
