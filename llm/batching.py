@@ -152,8 +152,10 @@ class ContinuousBatcher:
         # spent ahead, paid back over the next steps). See PREFILL_BURST_S.
         self._prefill_allowance_s = 0.0
         self._chunk_tokens = PREFILL_CHUNK_TOKENS
-        self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
-        self._thread.start()
+        # The batch thread runs while there is work and ends when there is none (see `_admit`).
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._closed = False
 
     @property
     def _rows(self) -> list[_Reply]:
@@ -175,6 +177,7 @@ class ContinuousBatcher:
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
         self._inbox.put(reply)
+        self._ensure_thread()
         try:
             while (item := await reply.pieces.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -184,8 +187,20 @@ class ContinuousBatcher:
             reply.cancelled.set()  # the row leaves at the next step
 
     def close(self) -> None:
-        self._inbox.put(None)
-        self._thread.join()
+        with self._thread_lock:
+            self._closed, thread = True, self._thread
+        if thread is not None:
+            self._inbox.put(None)
+            thread.join()
+
+    def _ensure_thread(self) -> None:
+        """Start the batch thread unless it runs. It ends whenever it has no work: a thread that
+        ran torch keeps a team of OpenMP workers, and while it exists, idle, GPT-SoVITS' decode
+        step took 25-30 ms instead of 13-16 (full-size voice, 2 cores; bench/RESULTS.md)."""
+        with self._thread_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="llm-batch", daemon=True)
+                self._thread.start()
 
     # -- the model's thread ------------------------------------------------------------------
 
@@ -211,7 +226,8 @@ class ContinuousBatcher:
         self._buckets, self._prefills = [], []
 
     def _admit(self) -> bool:
-        """Let every waiting newcomer in (blocking while idle) and plan its prefill; False once closed."""
+        """Let every waiting newcomer in and plan its prefill; False once closed, or when there is
+        nothing to do (the thread then ends: see `_ensure_thread`)."""
         import torch
 
         taken = len(self._rows) + sum(len(job.replies) for job in self._prefills)
@@ -219,9 +235,15 @@ class ContinuousBatcher:
         open_ = True
         while taken + len(newcomers) < self.max_batch:
             try:
-                reply = self._inbox.get(block=not taken and not newcomers)
+                reply = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                if taken or newcomers:
+                    break
+                with self._thread_lock:  # idle: end, unless a newcomer came meanwhile
+                    if self._inbox.empty():
+                        self._thread = None
+                        return False
+                continue
             if reply is None:
                 open_ = False
                 break
