@@ -78,6 +78,10 @@ PREFILL_BURST_S = 0.25
 # activations' memory: newcomers share a pass (their padded own parts) only if it fits.
 MIN_PREFILL_CHUNK_TOKENS = 8
 PREFILL_CHUNK_TOKENS = 256
+# Rows decode in one pass, their caches left-padded to the longest, while the padding is at
+# most their real columns or this many columns: a short row never holds a long one's length
+# in padding (8 rows beside an 8k-token prompt held ~3 GB), and a few thousand columns cost
+# less than a pass of their own.
 PADDING_ALLOWANCE_COLUMNS = 2048
 # Columns a row-cache grows by when a step runs out of room (one copy per this many steps).
 SPARE_COLUMNS = 128

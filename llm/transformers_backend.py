@@ -314,15 +314,11 @@ def _weights_precision(setting: str, device: str) -> str:
     """What `setting` means on `device`: "int8" or "fp32" (the weights as loaded)."""
     if setting not in ("auto", "fp32", "int8"):
         raise LLMError(f"unknown LLM precision {setting!r}; one of auto, fp32, int8", status=503)
-    if setting == "fp32" or device != "cpu":
-        if setting == "int8":
-            raise LLMError("int8 LLM weights are for CPUs; on a GPU use auto", status=503)
-        return "fp32"
-    if cpu_supports_bf16():
-        return "int8"
-    if setting == "int8":
+    if setting == "int8" and device != "cpu":
+        raise LLMError("int8 LLM weights are for CPUs; on a GPU use auto", status=503)
+    if setting == "int8" and not cpu_supports_bf16():
         raise LLMError("int8 LLM weights compute in bf16, which this CPU lacks (AVX512-BF16 or AMX)", status=503)
-    return "fp32"
+    return "int8" if setting != "fp32" and device == "cpu" and cpu_supports_bf16() else "fp32"
 
 
 def _int8_decode_weights(model: Any) -> None:

@@ -54,7 +54,8 @@ def int8_linear_class() -> type:
         row's result depends on that row alone.
 
         Which path a call takes must not depend on how many others decode beside it, or a reply's
-        numbers would: `uses_kernel` decides from the call's shape alone.
+        numbers would: `uses_kernel` decides from the call alone (here its row count, within what
+        one batch may hold; `int8_decode_linear_class` from what its caller says).
         """
 
         # Every GPT-SoVITS decode step takes the int8 kernel however many sentences decode
