@@ -84,6 +84,20 @@ def events_of(response: httpx.Response) -> list[dict]:
     return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
 
 
+def streamed_post(base_url: str, path: str, payload: dict, *, timeout: float) -> tuple[bytes, list[float]]:
+    """POST `payload` and read the answer as it streams: its body, and when (seconds after the
+    request) each chunk of it arrived. Asserts a 200."""
+    arrivals: list[float] = []
+    body = b""
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{base_url}{path}", json=payload, timeout=timeout) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            body += chunk
+            arrivals.append(time.perf_counter() - started)
+    return body, arrivals
+
+
 def wait_until_idle(server: Server, timeout_s: float = 2.0) -> float:
     """Seconds until the server reports no reply and no LLM generation running."""
     started = time.monotonic()

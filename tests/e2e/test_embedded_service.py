@@ -21,7 +21,7 @@ import pytest
 import soundfile
 
 from tests.ffmpeg import decode, needs_ffmpeg
-from tests.server import PROJECT_ROOT, free_port, running_server
+from tests.server import PROJECT_ROOT, free_port, running_server, streamed_post
 
 pytestmark = pytest.mark.embedded
 REQUEST = {"input": "Hello, who are you?", "speaker": "Aria", "temperature": 0}
@@ -51,14 +51,7 @@ def test_non_stream_app_speaks_the_models_reply(embedded_env, tmp_path):
 
 def test_stream_app_sends_audio_in_chunks_as_sentences_are_ready(embedded_env, tmp_path):
     with running_server("app_stream", embedded_env, tmp_path / "server.log") as server:
-        arrivals: list[float] = []
-        body = b""
-        started = time.perf_counter()
-        with httpx.stream("POST", f"{server.base_url}/chat2audio", json=REQUEST, timeout=120) as response:
-            assert response.status_code == 200
-            for chunk in response.iter_raw():
-                body += chunk
-                arrivals.append(time.perf_counter() - started)
+        body, arrivals = streamed_post(server.base_url, "/chat2audio", REQUEST, timeout=120)
         audio, rate = soundfile.read(io.BytesIO(body), dtype="float32")
         assert_audible_speech(audio, rate)
         assert len(arrivals) >= 2, "a multi-sentence reply should arrive in several chunks"

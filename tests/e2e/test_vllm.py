@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from chat2audio.settings import Settings, settings_from
 from chat2audio.wiring import create_llm
 from llm.embedded import embedded_gguf_path
 from llm.transformers_backend import TransformersBackend
-from tests.server import PROJECT_ROOT, Server, free_port, running_server
+from tests.server import PROJECT_ROOT, Server, free_port, running_server, streamed_post
 
 pytestmark = pytest.mark.vllm
 
@@ -38,14 +37,8 @@ TOPICS = ["the harbour at dawn", "a lighthouse keeper's logbook", "the night mar
           "the fishermen's songs", "a letter in a bottle"]
 
 
-@dataclass
-class VLLM:
-    base_url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class VLLM(Server):
+    """The vLLM server process (its address, process and log, as a service's)."""
 
     def metric(self, name: str) -> float:
         """One of vLLM's Prometheus values, summed over its labels."""
@@ -196,14 +189,8 @@ async def test_the_start_up_summary_shows_the_window_learned_from_vllm(
 
 
 def test_a_reply_streams_in_chunks(service: Server) -> None:
-    arrivals, body = [], b""
-    started = time.perf_counter()
     payload = {"input": "Hello! Who are you, and what do you do here?", "speaker": SPEAKER, "max_new_tokens": 60}
-    with httpx.stream("POST", f"{service.base_url}/chat2audio", json=payload, timeout=300) as response:
-        assert response.status_code == 200
-        for chunk in response.iter_raw():
-            body += chunk
-            arrivals.append(time.perf_counter() - started)
+    body, arrivals = streamed_post(service.base_url, "/chat2audio", payload, timeout=300)
     audio, rate = soundfile.read(io.BytesIO(body), dtype="float32")
     assert audio.size / rate > 1.0, "a spoken reply lasts more than a second"
     assert len(arrivals) >= 2 and arrivals[-1] - arrivals[0] > 0.05, "audio should arrive as it is made"
