@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from chat2audio.runtime.errors import EngineError
 
@@ -69,3 +69,12 @@ class LLMBackend(Protocol):
     def stream_chat(
         self, messages: list[ChatMessage], options: GenerationOptions
     ) -> AsyncIterator[TextPiece]: ...
+
+
+def chat_template_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
+    """The prompt's token ids under `tokenizer`'s chat template, ready for the reply to follow
+    (transformers returns a list or, in newer versions, a mapping with `input_ids`)."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)

@@ -45,7 +45,7 @@ from typing import Any
 
 from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.int8_weights import decode_steps
-from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece, chat_template_ids
 from llm.stops import StopStrings
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class ContinuousBatcher:
         readable = []
         for reply in newcomers:
             try:
-                reply.prompt = _chat_ids(self.tokenizer, reply.messages)
+                reply.prompt = chat_template_ids(self.tokenizer, reply.messages)
                 if reply.options.seed is not None:
                     reply.generator = torch.Generator(self.device).manual_seed(torch_seed(reply.options.seed))
                 readable.append(reply)
@@ -816,9 +816,3 @@ def torch_seed(seed: int) -> int:
     """Any integer as a torch seed (which must fit in 64 bits)."""
     return seed % 2**64
 
-
-def _chat_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
-    ids = tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
-    )
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)

@@ -16,7 +16,7 @@ import openai
 from openai.types.chat import ChatCompletionChunk
 
 from chat2audio.runtime.upstream import UpstreamClient, scrub
-from llm.base import ChatMessage, FinishReason, GenerationOptions, LLMError, TextPiece
+from llm.base import ChatMessage, FinishReason, GenerationOptions, LLMError, TextPiece, chat_template_ids
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,7 @@ class OpenAIBackend(UpstreamClient):
             return ESTIMATE_TEMPLATE_TOKENS + sum(
                 ESTIMATE_PER_MESSAGE_TOKENS + len(m.content.encode()) for m in messages
             )
-        ids = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
-        )
-        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return len(chat_template_ids(self._tokenizer, messages))
 
     async def start(self) -> None:
         """Check the configuration, open the client, and ask the server for its window."""

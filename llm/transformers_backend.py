@@ -26,7 +26,7 @@ from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.int8_weights import cpu_supports_bf16, int8_decode_linear_class, replace_linear_layers
 from chat2audio.runtime.threads import stream_from_thread
-from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
+from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece, chat_template_ids
 from llm.batching import GREEDY_BELOW_TEMPERATURE, ContinuousBatcher, torch_seed
 from llm.embedded import EMBEDDED_PACKAGE
 from llm.stops import StopStrings
@@ -114,10 +114,7 @@ class TransformersBackend:
 
         A tokenizer of its own: a fast tokenizer used from two threads at once can fail
         ("Already borrowed"), and the generation thread uses the other one."""
-        ids = self._counting_tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
-        )
-        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return len(chat_template_ids(self._counting_tokenizer, messages))
 
     def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         if self._model is None:
