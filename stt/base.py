@@ -1,10 +1,12 @@
 """The one interface every speech-to-text backend implements (audio bytes in, text out), and the
-audio decoding they share."""
+audio decoding they share: soundfile (libsndfile) for WAV/FLAC/OGG/MP3, PyAV (FFmpeg) for what
+browsers record (WebM or MP4) and whatever else libsndfile cannot open."""
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +29,10 @@ BLOCK_SAMPLES = 1 << 19
 # p/q = rate/target: standard rates reduce to small terms (44.1 kHz → 16 kHz is 441/160), but a
 # rate sharing few factors with the target explodes it (44101 Hz → 16 kHz: 11 GiB and 30 s).
 MAX_RESAMPLE_KERNEL = 1 << 20
+# The FFmpeg demuxers an upload may use: containers that hold their audio in the bytes given.
+# Others (playlists, concat lists, image sequences) open further files or URLs on their own.
+AV_FORMATS = "matroska,webm,mov,mp4,m4a,ogg,mp3,aac"
+UNREADABLE = "could not decode the audio: send a WAV, FLAC, OGG, MP3, WebM or MP4 (M4A) file"
 
 
 class STTError(EngineError):
@@ -78,7 +84,8 @@ def audio_duration(data: bytes) -> float | None:
 
 
 def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -> np.ndarray:
-    """Decode a WAV/FLAC/OGG/MP3 file to float32 mono at `target_rate`.
+    """Decode an audio file (WAV/FLAC/OGG/MP3, or WebM/MP4 as browsers record) to float32 mono at
+    `target_rate`.
 
     Raises STTError(422) naming the problem when the bytes are not audio, hold no samples, or
     last longer than `max_seconds`. Never reads more than `max_seconds` (plus one frame) and never
@@ -89,23 +96,15 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
         raise STTError("the audio upload is empty (0 bytes)", status=422)
     sf = _soundfile()
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = f.samplerate
-            _check_rate(rate)
-            limit = int(max_seconds * rate)
-            header_frames = f.frames
-            # Compressed formats may not know their length up front: read one frame past the
-            # limit and judge by what came out.
-            mono = _read_mono(f, limit + 1)
-    except STTError:
-        raise
+        opened = sf.SoundFile(io.BytesIO(data))
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
-        log.debug("undecodable audio upload (%d bytes): %r", len(data), exc)
-        raise STTError(
-            "could not decode the audio: send a WAV, FLAC, OGG (Vorbis/Opus) or MP3 file", status=422
-        ) from None
+        log.debug("soundfile cannot open the upload (%r); trying FFmpeg", exc)
+        mono, rate, claimed_seconds = _decode_with_av(data, max_seconds)
+    else:
+        mono, rate, claimed_seconds = _decode_with_soundfile(opened, len(data), max_seconds)
+    limit = int(max_seconds * rate)
     if len(mono) > limit:
-        length = f"{header_frames / rate:.1f} s long" if header_frames > limit else f"longer than {max_seconds:g} s"
+        length = f"{claimed_seconds:.1f} s long" if claimed_seconds > max_seconds else f"longer than {max_seconds:g} s"
         raise STTError(f"the audio is too long: {length}; the limit is {max_seconds:g} s", status=422)
     if len(mono) == 0:
         raise STTError("the audio holds no samples (0 s long)", status=422)
@@ -115,6 +114,70 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
     if rate != target_rate:
         mono = _resample(mono, rate, target_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _decode_with_soundfile(f, size: int, max_seconds: float) -> tuple[np.ndarray, int, float]:
+    """(mono, rate, seconds the header claims) of the open SoundFile `f`, at most one frame past
+    `max_seconds`."""
+    sf = _soundfile()
+    try:
+        with f:
+            rate = f.samplerate
+            _check_rate(rate)
+            # Compressed formats may not know their length up front: read one frame past the
+            # limit and judge by what came out.
+            return _read_mono(f, int(max_seconds * rate) + 1), rate, f.frames / rate
+    except STTError:
+        raise
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
+        log.debug("undecodable audio upload (%d bytes): %r", size, exc)
+        raise STTError(UNREADABLE, status=422) from None
+
+
+def _decode_with_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int, float]:
+    """(mono, rate, seconds the container claims) of the first audio track, decoded by FFmpeg
+    frame by frame until one frame past `max_seconds`."""
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), options={"format_whitelist": AV_FORMATS})
+    except av.error.EOFError:
+        raise STTError(
+            "could not decode the audio: the file ends before its first sound (a cut-off upload?)", status=422
+        ) from None
+    except (av.FFmpegError, ValueError) as exc:
+        log.debug("undecodable audio upload (%d bytes): %r", len(data), exc)
+        raise STTError(UNREADABLE, status=422) from None
+    with container:
+        kind = container.format.long_name  # "Matroska / WebM", "QuickTime / MOV", …
+        if not container.streams.audio:
+            raise STTError(f"the {kind} file holds no audio track", status=422)
+        claimed_seconds = max(container.duration or 0, 0) / av.time_base
+        chunks: list[np.ndarray] = []
+        total = rate = limit = 0
+        # Planar float keeps each frame's rate and channels: the downmix is ours, as for soundfile.
+        to_float = av.AudioResampler(format="fltp")
+        try:
+            for frame in _audio_frames(container):
+                if not rate:
+                    rate = frame.sample_rate
+                    _check_rate(rate)
+                    limit = int(max_seconds * rate)
+                for planes in to_float.resample(frame):
+                    chunks.append(planes.to_ndarray().mean(axis=0, dtype=np.float32))
+                    total += len(chunks[-1])
+                if total > limit:
+                    break
+        except (av.FFmpegError, ValueError) as exc:
+            log.debug("audio upload damaged after %d samples: %r", total, exc)
+            where = f"{total / rate:.1f} s in" if rate else "before its first sound"
+            raise STTError(f"could not decode the audio: the {kind} file is damaged {where}", status=422) from None
+    return (np.concatenate(chunks) if chunks else np.empty(0, np.float32)), rate or 1, claimed_seconds
+
+
+def _audio_frames(container) -> Iterator:
+    """The decoded frames of the container's first audio track, in order."""
+    return container.decode(audio=0)
 
 
 def _check_rate(rate: int) -> None:

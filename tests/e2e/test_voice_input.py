@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import soundfile
 
 from tests.e2e.conftest import scripted_env
+from tests.ffmpeg import needs_ffmpeg
 from tests.fixtures.openai_stt_stub import OpenAISTTStub
 from tests.fixtures.tiny_whisper import build_tiny_whisper
 from tests.server import events_of, running_server
@@ -25,9 +27,19 @@ def speech_wav(seconds: float = 1.5, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
-def ask_by_voice(server, audio: bytes, **fields) -> httpx.Response:
+def as_webm(wav: bytes) -> bytes:
+    """The WAV as a browser's MediaRecorder sends it: Opus in WebM, encoded by Debian's ffmpeg."""
+    run = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", "pipe:", "-c:a", "libopus", "-f", "webm", "pipe:"],
+        input=wav, capture_output=True, timeout=60, check=True,
+    )
+    return run.stdout
+
+
+def ask_by_voice(server, audio: bytes, name: str = "me.wav", **fields) -> httpx.Response:
     data = {"speaker": "Low", "format": "events", **fields}
-    return httpx.post(f"{server.base_url}/chat2audio", data=data, files={"audio": ("me.wav", audio, "audio/wav")}, timeout=120)
+    files = {"audio": (name, audio, "audio/webm" if name.endswith(".webm") else "audio/wav")}
+    return httpx.post(f"{server.base_url}/chat2audio", data=data, files=files, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +65,23 @@ def test_spoken_input_is_transcribed_and_answered(whisper_server):
     assert turns[0] == {"role": "user", "content": transcript}
 
 
+@needs_ffmpeg
+def test_a_browser_recording_is_transcribed_and_answered(whisper_server):
+    # What the web page uploads: MediaRecorder's own format, decoded by the server (FFmpeg).
+    response = ask_by_voice(whisper_server, as_webm(speech_wav()), name="speech.webm")
+    assert response.status_code == 200, response.text
+    events = events_of(response)
+    assert events[0]["transcript"] and events[-1]["type"] == "done"
+
+
 @pytest.mark.parametrize(
     ("audio", "says"),
-    [(b"not audio at all", "speech-to-text"), (b"", "speech-to-text")],
-    ids=["garbage", "empty"],
+    [
+        (b"not audio at all", "speech-to-text"),
+        (b"", "speech-to-text"),
+        (b"\x1a\x45\xdf\xa3" + b"\x00" * 64, "could not decode the audio"),  # a WebM cut inside its header
+    ],
+    ids=["garbage", "empty", "cut-webm"],
 )
 def test_unusable_audio_is_a_clear_422(whisper_server, audio, says):
     response = ask_by_voice(whisper_server, audio)

@@ -1,12 +1,15 @@
 """decode_audio against hostile uploads: files that are tiny on the wire but huge once decoded
-(many channels at a high rate), headers that lie, and sample rates that blow up the resampler."""
+(many channels at a high rate), headers that lie, and sample rates that blow up the resampler; and
+on what browsers record (WebM/Opus, MP4/AAC, made here by Debian's ffmpeg), which FFmpeg decodes."""
 
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
 import tracemalloc
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ import torchaudio.functional  # imported up front so that its import never count
 
 from stt import base
 from stt.base import MAX_RESAMPLE_KERNEL, STTError, _read_mono, _resample_ratio, decode_audio
+from tests.ffmpeg import dominant_hz, needs_ffmpeg
 
 MiB = 1 << 20
 
@@ -158,3 +162,132 @@ def test_resample_ratio_is_exact_for_standard_rates_and_close_for_odd_ones(targe
         p, q = _resample_ratio(rate, target)
         assert p * q <= MAX_RESAMPLE_KERNEL
         assert abs(Fraction(p, q) / Fraction(rate, target) - 1) < 1e-3
+
+
+# -- what browsers record (WebM/Opus, MP4/AAC): soundfile cannot open it, FFmpeg (PyAV) decodes it
+
+
+def ffmpeg_encode(samples: np.ndarray, rate: int, *args: str, to_file: Path | None = None) -> bytes:
+    """`samples` (frames × channels float32) encoded by Debian's ffmpeg with the output options `args`,
+    written to a pipe as MediaRecorder writes (no length, no index), or to `to_file` (seekable: with both)."""
+    samples = samples.reshape(len(samples), -1)
+    head = ["-f", "f32le", "-ar", str(rate), "-ac", str(samples.shape[1]), "-i", "pipe:"]
+    out = [str(to_file), "-y"] if to_file else ["pipe:"]
+    run = subprocess.run(
+        ["ffmpeg", "-v", "error", *head, *args, *out],
+        input=samples.astype("<f4").tobytes(), capture_output=True, timeout=60, check=False,
+    )
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    return to_file.read_bytes() if to_file else run.stdout
+
+
+def sine(seconds: float, rate: int = 48000, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+WEBM_OPUS = ("-c:a", "libopus", "-f", "webm")  # Chrome's and Firefox's MediaRecorder
+MP4_AAC = ("-c:a", "aac", "-movflags", "frag_keyframe+empty_moov", "-f", "mp4")  # Safari's (fragmented)
+MKV_PCM16 = ("-c:a", "pcm_s16le", "-f", "matroska")
+MKV_FLOAT = ("-c:a", "pcm_f32le", "-f", "matroska")
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(("args", "rate"), [(WEBM_OPUS, 48000), (MP4_AAC, 44100)], ids=["webm-opus", "mp4-aac"])
+def test_browser_recording_decodes_to_mono_at_the_target_rate(args: tuple[str, ...], rate: int) -> None:
+    data = ffmpeg_encode(sine(2.5, rate), rate, *args)
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(io.BytesIO(data))  # what the FFmpeg path is for
+    out = decode_audio(data, max_seconds=5)
+    assert out.dtype == np.float32 and out.ndim == 1
+    # AAC adds its 1024-sample priming, Opus nothing (its pre-skip is trimmed).
+    assert 2.5 * 16000 <= len(out) <= 2.5 * 16000 + 0.07 * 16000, len(out)
+    assert 0.45 < np.abs(out[1600:-1600]).max() < 0.55  # (AAC rings where the tone stops dead)
+    assert dominant_hz(out, 16000) == pytest.approx(440, abs=2)
+
+
+@needs_ffmpeg
+def test_ffmpeg_path_downmixes_like_the_soundfile_path() -> None:
+    stereo = np.stack([sine(1.0), np.zeros(48000, np.float32)], axis=1)  # sound on the left only
+    out = decode_audio(ffmpeg_encode(stereo, 48000, *MKV_FLOAT), max_seconds=2)
+    expected = decode_audio(wav(stereo, 48000), max_seconds=2)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@needs_ffmpeg
+def test_over_long_recording_is_refused_after_the_limit_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    frames_of = base._audio_frames
+
+    def counted(container):
+        for frame in frames_of(container):
+            decoded.append(frame.samples)
+            yield frame
+
+    monkeypatch.setattr(base, "_audio_frames", counted)
+    data = ffmpeg_encode(sine(10.0), 48000, *WEBM_OPUS)
+    with pytest.raises(STTError) as info:
+        decode_audio(data, max_seconds=2)
+    assert info.value.status == 422 and "too long: longer than 2 s; the limit is 2 s" in str(info.value)
+    # 2 s and the one frame (20 ms of Opus) that proves it longer: not the other 8 s.
+    assert 2 * 48000 < sum(decoded) <= 2 * 48000 + max(decoded)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(("claimed_s", "actual_s"), [(1.0, 3.0), (100.0, 1.0)], ids=["under", "over"])
+def test_container_length_is_not_trusted(tmp_path: Path, claimed_s: float, actual_s: float) -> None:
+    # A seekable WebM carries its Duration (EBML id 0x4489, an 8-byte float of milliseconds): make it lie.
+    data = ffmpeg_encode(sine(actual_s), 48000, *WEBM_OPUS, to_file=tmp_path / "lying.webm")
+    at = data.index(b"\x44\x89\x88") + 3
+    data = data[:at] + struct.pack(">d", claimed_s * 1000) + data[at + 8 :]
+    if actual_s > 2:
+        with pytest.raises(STTError) as info:
+            decode_audio(data, max_seconds=2)
+        assert "too long: longer than 2 s" in str(info.value)
+    else:
+        assert len(decode_audio(data, max_seconds=2)) == actual_s * 16000
+
+
+@needs_ffmpeg
+def test_a_cut_off_recording_is_decoded_as_far_as_it_goes() -> None:
+    # An upload cut mid-way (a dropped connection, a recorder stopped hard) still holds the speech
+    # before the cut; WebM has no index that the cut would break.
+    data = ffmpeg_encode(sine(2.0), 48000, *WEBM_OPUS)
+    out = decode_audio(data[: len(data) // 2], max_seconds=5)
+    assert 0.5 * 16000 < len(out) < 1.5 * 16000
+
+
+def webm_cut(into_first_cluster: int) -> bytes:
+    """A WebM recording cut `into_first_cluster` bytes after its headers (EBML id 0x1F43B675 starts a cluster)."""
+    data = ffmpeg_encode(sine(1.0), 48000, *WEBM_OPUS)
+    return data[: data.index(b"\x1f\x43\xb6\x75") + into_first_cluster]
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: b"\x1a\x45\xdf\xa3" + b"not a webm at all" * 20, "could not decode the audio: send a WAV, FLAC, OGG"),
+        (lambda: webm_cut(0), "the file ends before its first sound"),
+        (lambda: ffmpeg_encode(sine(3.0), 44100, *MP4_AAC)[:-20000], "the QuickTime / MOV file is damaged 1."),
+        (lambda: webm_cut(20), "no samples"),
+        (lambda: ffmpeg_encode(sine(1.0, 1000), 1000, *MKV_PCM16), "sample rate (1000 Hz) is too low"),
+        (lambda: ffmpeg_encode(np.full(4800, np.nan, np.float32), 48000, *MKV_FLOAT), "NaN"),
+    ],
+    ids=["garbage", "headers-only", "damaged", "no-samples", "low-rate", "nan"],
+)
+def test_broken_recording_is_a_422_naming_the_problem(make, words: str) -> None:
+    with pytest.raises(STTError) as info:
+        decode_audio(make(), max_seconds=5)
+    assert info.value.status == 422
+    assert words in str(info.value)
+
+
+def test_only_self_contained_containers_are_opened() -> None:
+    # A playlist or concat list would have FFmpeg open other files or URLs: never for an upload.
+    playlist = b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/hostname\n#EXT-X-ENDLIST\n"
+    concat = b"ffconcat version 1.0\nfile '/etc/hostname'\n"
+    for data in (playlist, concat):
+        with pytest.raises(STTError) as info:
+            decode_audio(data, max_seconds=5)
+        assert info.value.status == 422 and "could not decode" in str(info.value)
