@@ -75,32 +75,6 @@ function instrument() {
   }).observe(document, { childList: true, subtree: true });
 }
 
-function parseWav(buffer) {
-  if (buffer.length < 44 || buffer.toString('ascii', 0, 4) !== 'RIFF' || buffer.toString('ascii', 8, 12) !== 'WAVE') {
-    return { valid: false, head: buffer.subarray(0, 16).toString('hex') };
-  }
-  const wav = { valid: true, bytes: buffer.length };
-  for (let at = 12; at + 8 <= buffer.length;) {
-    const id = buffer.toString('ascii', at, at + 4);
-    const size = buffer.readUInt32LE(at + 4);
-    if (id === 'fmt ') {
-      wav.format = buffer.readUInt16LE(at + 8);
-      wav.channels = buffer.readUInt16LE(at + 10);
-      wav.sampleRate = buffer.readUInt32LE(at + 12);
-      wav.bitsPerSample = buffer.readUInt16LE(at + 22);
-    } else if (id === 'data') {
-      wav.dataBytes = size;
-      const samples = [];
-      for (let i = at + 8; i + 1 < Math.min(buffer.length, at + 8 + size); i += 2) samples.push(buffer.readInt16LE(i));
-      wav.seconds = samples.length / wav.sampleRate;
-      wav.peak = samples.reduce((m, s) => Math.max(m, Math.abs(s)), 0);
-      break;
-    }
-    at += 8 + size + (size % 2);
-  }
-  return wav;
-}
-
 const page_ = {
   debug: (page) => page.evaluate(() => ({ ...window.chat2audioDebug })),
   sent: (page) => page.evaluate(() => window.__sent),
@@ -315,12 +289,8 @@ try {
       },
       [before.requests, before.sentencesStarted], { timeout: options.timeoutMs * 2, polling: 50 },
     );
+    // The upload's bytes go back as base64: the test decodes them as the server does.
     const shot = await snapshot(page);
-    const fields = shot.request && shot.request.fields;
-    if (fields && fields.audio && fields.audio.base64) {
-      fields.audio.wav = parseWav(Buffer.from(fields.audio.base64, 'base64'));
-      delete fields.audio.base64;
-    }
     const user = shot.bubbles.filter((b) => b.role === 'user').at(-1);
     return { before, ...shot, userBubble: user || null };
   });
