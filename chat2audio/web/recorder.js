@@ -28,6 +28,7 @@ export class Recorder {
         this.recorder.onstop = resolve;
         this.recorder.onerror = (event) => reject(event.error || new Error('the recording failed'));
       });
+      this.stopped.catch(() => {}); // stop() reports it; until then it is not an unhandled rejection
       this.recorder.start();
       this.startedAt = performance.now();
     } catch (error) {
