@@ -205,7 +205,7 @@ def test_with_a_key_the_docs_and_schema_need_it_and_the_page_does_not(keyed):
         assert "/chat2audio" in schema["paths"] and "/docs" not in schema["paths"]
         assert "/openapi.json" in client.get("/docs", headers={"Authorization": f"Bearer {KEY}"}).text
         # What stays public with a key set (the README lists it): health, the page and its files.
-        for path in ("/health", "/", "/web/app.js", "/web/style.css"):
+        for path in ("/health", "/", "/web/main.js", "/web/style.css"):
             assert client.get(path).status_code == 200, path
 
 
