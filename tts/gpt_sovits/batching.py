@@ -18,12 +18,14 @@ at once instead of waiting for the others to finish.
 
 gsv_tts' own `infer` / `infer_stream` run one sentence at a time, and `infer_batched` a fixed list
 to completion with one set of sampling settings and no repetition penalty; what is used here are
-its models' layers (`process_prompt`, `decode_next_token`, `vq_model.decode`) and its sampler.
+its models' layers (`process_prompt`, `decode_next_token`, `vq_model.decode`) and its sampler; on a CPU the
+decode step is `decode_step`'s, which computes the same numbers in fewer operations.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -37,6 +39,7 @@ from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.cores import CoreShare
 from tts.base import TTSError
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
+from tts.gpt_sovits.decode_step import decode_next_token as decode_on_cpu
 from tts.gpt_sovits.guard import GenerationGuard
 from tts.gpt_sovits.precision import kv_cache_dtype
 from tts.gpt_sovits.stats import EngineStats
@@ -133,6 +136,9 @@ class _Batch:
         self.layers, self.heads = t2s.num_layers, t2s.num_head
         self.head_dim = t2s.model_dim // t2s.num_head
         self.positions = (t2s.ar_audio_position.alpha * t2s.ar_audio_position.pe).transpose(0, 1)  # [pos, 1, D]
+        transformer = t2s.t2s_transformer
+        on_cpu = self.device.type == "cpu"
+        self.decode_next_token = functools.partial(decode_on_cpu, transformer) if on_cpu else transformer.decode_next_token
         self.capacity = 0
         self.k = self.v = self.mask = None
         self.lengths = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -367,7 +373,7 @@ class SentenceBatcher:
         batch.mask[index, 0, 0, lengths] = True  # each row also attends to the token it adds now
         span = min(self.max_context, -(-(int(lengths.max()) + 1) // ATTENTION_STEP) * ATTENTION_STEP)
         with self.stats.timing("gpt_step"):
-            out = t2s.t2s_transformer.decode_next_token(
+            out = batch.decode_next_token(
                 torch.cat([row.next_input for row in rows]),
                 batch.k[:, :count, :, :span], batch.v[:, :count, :, :span], lengths, batch.mask[:count, :, :, :span], index,
             )  # advances `lengths` in place
