@@ -29,6 +29,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -90,15 +91,18 @@ class ChunkSchedule:
     `OVERLAP_TOKENS` are held back and cross-faded into the next (SOLA, so joins do not click), so
     the first chunk plays only `first - 5` tokens, and every chunk must be ready before the
     listener has played what came before. At a real voice's CPU speed (a token costs ~0.65 of the
-    40 ms it plays) that allows growth of about 1.4× per chunk: the chunks ramp up (`ramp`), then
-    stay at `size`, which keeps the vocoder's per-call overhead (the overlap) low. Chunks past the
-    ramp are vocoded `lookahead` tokens after their end, so their last frames are decoded with
-    what follows them.
+    40 ms it plays) that allows growth of about 1.4× per chunk at first, and more as the listener's
+    buffer fills: the chunks ramp up (`ramp`), then grow by `growth` from `size` up to `largest`.
+    Every chunk costs the vocoder its overlap again and its text encoder a pass over the whole
+    sentence so far, so fewer, longer chunks cost less. Chunks past the ramp are vocoded
+    `lookahead` tokens after their end, so their last frames are decoded with what follows them.
     """
 
     first: int = 12
     ramp: tuple[int, ...] = (10, 14, 20)
     size: int = 25
+    growth: float = 1.25
+    largest: int = 100
     lookahead: int = 5
 
     def end(self, chunk: int) -> int:
@@ -106,7 +110,11 @@ class ChunkSchedule:
         sizes = (self.first, *self.ramp)
         if chunk < len(sizes):
             return sum(sizes[: chunk + 1])
-        return sum(sizes) + (chunk - len(sizes) + 1) * self.size
+        end, size = sum(sizes), self.size
+        for _ in range(chunk - len(sizes) + 1):
+            end += size
+            size = min(self.largest, math.ceil(size * self.growth))
+        return end
 
     def vocode_at(self, chunk: int) -> int:
         """How many tokens must exist before chunk number `chunk` is vocoded."""

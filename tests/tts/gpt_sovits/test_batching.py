@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
 from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect, joined, summation_noise
+from tts.gpt_sovits.batching import OVERLAP_TOKENS, ChunkSchedule
 
 
 async def wait_until(condition, timeout_s: float = 5.0) -> float:
@@ -82,3 +83,21 @@ async def test_a_failing_batch_loop_fails_its_sentences_and_the_next_one_still_r
     assert caught.value.status == 500 and "server log" in str(caught.value)
     monkeypatch.undo()
     assert_audio(joined(await collect(gsv_engine, SHORT, tiny_voice())))
+
+
+def test_a_streamed_sentence_s_chunks_grow_yet_each_is_ready_before_the_listener_needs_it():
+    """At the CPU speed the schedule assumes (a token costs 0.65 of the 40 ms it plays), every chunk
+    is vocoded before the listener has played what came before; the chunks grow (fewer vocoder
+    calls, each re-doing its overlap) up to `largest`."""
+    schedule, cost_per_token = ChunkSchedule(), 0.65
+    ends = [schedule.end(chunk) for chunk in range(40)]
+    sizes = [later - earlier for earlier, later in zip([0, *ends], ends)]
+    assert all(0 < size <= schedule.largest for size in sizes)
+    assert sizes[-1] == schedule.largest and sizes[6] > sizes[4]
+    # The first chunk plays from the moment it is vocoded; each chunk holds back its last
+    # OVERLAP_TOKENS for the cross-fade.
+    playing_from = cost_per_token * schedule.vocode_at(0)
+    for chunk in range(1, 40):
+        ready = cost_per_token * schedule.vocode_at(chunk)
+        needed = playing_from + ends[chunk - 1] - OVERLAP_TOKENS  # when what came before has all played
+        assert ready <= needed, f"chunk {chunk} is late: ready at token time {ready:.1f}, needed at {needed:.1f}"
