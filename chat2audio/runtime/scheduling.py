@@ -40,16 +40,23 @@ def current_deadline() -> float:
 
 
 class DeadlineExecutor(Executor):
-    """One worker thread; jobs run earliest deadline first, then in the order submitted. A job
-    submitted outside `speaking_by` (loading models, warm-up) is due now."""
+    """One worker thread at a time; jobs run earliest deadline first, then in the order submitted. A
+    job submitted outside `speaking_by` (loading models, warm-up) is due now.
+
+    The thread ends when no job is left and the next job starts a new one. A torch engine's thread
+    keeps an OpenMP team of its own, and an idle team is not free: libgomp spins only briefly once
+    it manages more threads than there are cores, so every parallel region of another engine (the
+    LLM decoding beside an idle voice) pays to wake its workers from sleep. `bench.torch_threads`
+    measured this for the LLM's batch thread, which ends when idle for the same reason.
+    """
 
     def __init__(self, thread_name: str) -> None:
         self._jobs: list[tuple[float, int, Future, Callable[[], Any]]] = []
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name=thread_name, daemon=True)
-        self._thread.start()
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None  # while there are jobs
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         due = current_deadline()
@@ -58,7 +65,9 @@ class DeadlineExecutor(Executor):
             if self._closed:
                 raise RuntimeError("cannot schedule new jobs after shutdown")
             heapq.heappush(self._jobs, (due, next(self._order), future, lambda: fn(*args, **kwargs)))
-            self._ready.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._thread_name, daemon=True)
+                self._thread.start()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -68,16 +77,15 @@ class DeadlineExecutor(Executor):
                 for _, _, future, _ in self._jobs:
                     future.cancel()
                 self._jobs.clear()
-            self._ready.notify()
-        if wait:
-            self._thread.join()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _work(self) -> None:
         while True:
             with self._ready:
-                while not self._jobs and not self._closed:
-                    self._ready.wait()
                 if not self._jobs:
+                    self._thread = None  # the next job starts a new thread
                     return
                 _, _, future, job = heapq.heappop(self._jobs)
             if not future.set_running_or_notify_cancel():

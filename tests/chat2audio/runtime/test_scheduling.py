@@ -43,3 +43,31 @@ def test_failures_reach_the_future_and_shutdown_cancels_what_waits():
     assert running.done() and waiting.cancelled()
     with pytest.raises(RuntimeError):
         worker.submit(print)
+
+
+def test_the_worker_thread_ends_when_idle_and_the_next_job_starts_one_jobs_never_overlap():
+    worker = DeadlineExecutor("test-idle")
+    running, overlapped, threads = threading.Lock(), [], []
+
+    def job() -> None:
+        if not running.acquire(blocking=False):
+            overlapped.append(True)
+            return
+        try:
+            threads.append(threading.current_thread())
+            time.sleep(0.002)
+        finally:
+            running.release()
+
+    for _ in range(3):  # bursts of jobs, each submitted while the previous thread may still be ending
+        for future in [worker.submit(job) for _ in range(20)]:
+            future.result(timeout=5)
+        deadline = time.monotonic() + 5
+        while any(thread.name == "test-idle" and thread.is_alive() for thread in threading.enumerate()):
+            assert time.monotonic() < deadline, "the worker thread outlived its last job"
+            time.sleep(0.005)
+    assert not overlapped and len(threads) == 60
+    assert len(set(threads)) >= 3  # a new thread per burst
+    worker.shutdown()
+    with pytest.raises(RuntimeError):
+        worker.submit(print)
