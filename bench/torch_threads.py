@@ -10,12 +10,14 @@ its own thread with its own intra-op (OpenMP) pool; the policies compared:
 - `shared`: every core to whichever computes alone, an equal share while both compute (the default).
 Reported per policy: the voice's real-time factor and GPT step alone and under the LLM's load, and
 the LLM's tokens/s alone and while the voice speaks. A random GPT never says EOS: 3 tokens per phoneme.
+Then the LLM's tokens/s beside the voice loaded and idle, its worker thread kept alive or ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 
 from chat2audio.runtime.cores import CoreShare
@@ -64,7 +66,7 @@ async def write(llm, replies: int, until: asyncio.Event | None = None) -> float:
     return tokens / (time.perf_counter() - began)  # text pieces ≈ tokens
 
 
-async def measure(replies: int) -> list[list[str]]:
+async def measure(replies: int) -> tuple[list[list[str]], list[list[str]]]:
     from llm.embedded import embedded_gguf_path
     from llm.transformers_backend import TransformersBackend
 
@@ -94,21 +96,43 @@ async def measure(replies: int) -> list[list[str]]:
             label, f"{rtf_alone:.2f}", f"{rtf_loaded:.2f}", f"{step_alone:.1f}", f"{step_loaded:.1f}",
             f"{llm_alone:.1f}", f"{llm_loaded:.1f}",
         ])
+    share.fixed = None
+    idle_rows = [await llm_beside_an_idle_voice(llm, tts, voice, replies) for _ in range(3)]
     await tts.stop()
     await llm.stop()
-    return rows
+    return rows, idle_rows
+
+
+async def llm_beside_an_idle_voice(llm, tts: GPTSoVITSEngine, voice, replies: int) -> list[str]:
+    """LLM tokens/s while the voice is loaded and idle: its worker thread kept alive (a job that
+    waits holds it, as an idle worker thread did before it ended when idle), then ended."""
+    held = threading.Event()
+    await speak(tts, voice)
+    tts._worker.submit(held.wait)
+    await asyncio.sleep(0.3)
+    alive = await write(llm, replies)
+    held.set()
+    await speak(tts, voice)
+    await asyncio.sleep(0.3)  # its last job done, the worker thread ends
+    ended = await write(llm, replies)
+    return [f"{alive:.1f}", f"{ended:.1f}", f"{ended / alive:.2f}"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replies", type=int, default=4, help="LLM replies decoding together")
     args = parser.parse_args()
-    rows = asyncio.run(measure(args.replies))
+    rows, idle_rows = asyncio.run(measure(args.replies))
     print(f"LLM: embedded SmolLM2-135M, {args.replies} replies at once · TTS: full-size voice, precision auto\n")
     print("| threads (LLM + TTS) | TTS RTF alone | TTS RTF with LLM | GPT step ms alone | GPT step ms with LLM "
           "| LLM tokens/s alone | LLM tokens/s with TTS |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print("\nThe LLM alone beside the loaded, idle voice (default policy), three times:\n")
+    print("| LLM tokens/s, voice's worker thread alive | LLM tokens/s, ended (now) | ratio |")
+    print("| --- | --- | --- |")
+    for row in idle_rows:
         print("| " + " | ".join(row) + " |")
 
 
