@@ -26,15 +26,25 @@ from tts.base import TTSEngine, VoiceParams
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """A piece of one sentence's audio. Each sentence ends with an empty chunk whose
-    `sentence_done` is set, so consumers know when a sentence is complete without waiting.
-    `sentence` is the text as written; `speech` what was said (a translation, or the same)."""
+    """A piece of one sentence's audio, as soon as it is synthesized (never empty)."""
 
     sentence_index: int
-    sentence: str
     audio: np.ndarray
-    sentence_done: bool
-    speech: str = ""
+
+
+@dataclass(frozen=True)
+class SentenceDone:
+    """A sentence, after its last chunk: everything a consumer needs of it in one item, so that
+    none re-collects chunks. `text` is as written; `speech` what was said (a translation, or
+    the same); `audio` all of its samples (empty for text-only replies); `separator` what goes
+    before it when the reply is joined (see `join_sentences`), so that a transcript grows by
+    `separator + text`."""
+
+    index: int
+    text: str
+    speech: str
+    audio: np.ndarray
+    separator: str
 
 
 @dataclass(frozen=True)
@@ -57,17 +67,21 @@ class ReplyFinished:
         return self.spoken_text if self.finish_reason == "length" else self.raw_text.strip()
 
 
-ReplyItem = Union[AudioChunk, ReplyFinished]
+ReplyItem = Union[AudioChunk, SentenceDone, ReplyFinished]
 
 
 def join_sentences(sentences: list[str] | tuple[str, ...]) -> str:
     """Join with a space between Latin sentences and nothing between CJK ones."""
     text = ""
     for sentence in sentences:
-        if text and not (is_cjk(text[-1]) or is_cjk(sentence[0])):
-            text += " "
-        text += sentence
+        text += separator_between(text, sentence) + sentence
     return text
+
+
+def separator_between(text: str, sentence: str) -> str:
+    """What goes between `text` and the next `sentence`: a space between Latin ones, nothing
+    between CJK ones or at the start."""
+    return " " if text and not (is_cjk(text[-1]) or is_cjk(sentence[0])) else ""
 
 
 class ReplyTimeout(Exception):
@@ -114,9 +128,10 @@ async def speak_reply(
     translate: Translator | None = None,
     by_deadline: bool = True,
 ) -> AsyncIterator[ReplyItem]:
-    """Yield the reply's audio, sentence by sentence, chunk by chunk, then one ReplyFinished.
+    """Yield the reply's audio chunk by chunk, a SentenceDone after each sentence's last chunk,
+    then one ReplyFinished.
 
-    Without `tts` (text-only replies) each sentence comes as one empty, finished chunk. With
+    Without `tts` (text-only replies) each sentence comes as a SentenceDone without audio. With
     `translate`, each sentence is translated before synthesis, in a stage of its own, so the
     translation of sentence n+1 overlaps the synthesis of sentence n. `overlap=False` is the
     original system's design, kept for benchmarks: the whole reply is written before the first
@@ -150,15 +165,19 @@ async def speak_reply(
             text, speech = sentence
             if not is_speakable(speech):
                 continue
+            audio: list[np.ndarray] = []
             if tts is not None:
                 due = playback.runs_dry_at() if by_deadline else time.monotonic()
                 chunks = _synthesize(tts, speech, voice, stream_sentences, due, deadline)
                 async with aclosing(chunks):
-                    async for audio in chunks:
-                        playback.add(audio)
-                        yield AudioChunk(index, text, audio, sentence_done=False, speech=speech)
+                    async for chunk in chunks:
+                        if chunk.size:
+                            playback.add(chunk)
+                            audio.append(chunk)
+                            yield AudioChunk(index, chunk)
+            separator = separator_between(spoken[-1] if spoken else "", text)
             spoken.append(text)
-            yield AudioChunk(index, text, _NO_AUDIO, sentence_done=True, speech=speech)
+            yield SentenceDone(index, text, speech, np.concatenate(audio) if audio else _NO_AUDIO, separator)
             index += 1
     finally:
         await _stop_stages(stages, [written, to_speak])

@@ -19,7 +19,7 @@ from starlette.routing import compile_path
 
 from chat2audio.errors import ServiceError, as_service_error
 from chat2audio.pipeline import ReplyTimeout
-from chat2audio.protocol import ErrorDetail, ErrorResponse
+from chat2audio.protocol.chat import ErrorDetail, ErrorResponse
 from chat2audio.runtime.errors import EngineError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from chat2audio.errors import NoPortrait
 from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.portraits import find_portrait
-from chat2audio.protocol import ErrorResponse, HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
+from chat2audio.protocol.chat import ErrorResponse, HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
 
 router = APIRouter()
 protected = protected_router()

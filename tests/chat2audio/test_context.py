@@ -11,7 +11,7 @@ import pytest
 
 from chat2audio.context import estimate_tokens, fit_history
 from chat2audio.errors import InvalidInput
-from chat2audio.protocol import ChatOptions
+from chat2audio.protocol.chat import ChatOptions
 from llm.base import ChatMessage
 from tests.inprocess import scripted_service
 from tests.loop_watch import loop_gaps

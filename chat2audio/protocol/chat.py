@@ -1,4 +1,5 @@
-"""The wire protocol: every request, response, error and stream event, shared by both apps."""
+"""chat2audio's own wire protocol: every request, response, error and stream event of its own
+routes, shared by both apps."""
 
 from __future__ import annotations
 
