@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from chat2audio.admission import AdmissionControl
+from chat2audio.baselines import reply_pipeline
 from chat2audio.context import TokenCounter, estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
 from chat2audio.metrics import LiveCounts, Metrics
-from chat2audio.pipeline import ReplyFinished, ReplyItem, SentenceDone, join_sentences, speak_reply
+from chat2audio.pipeline import ReplyFinished, ReplyItem, SentenceDone, Staging, join_sentences
 from chat2audio.protocol.chat import ChatOptions
 from chat2audio.runtime.text import is_speakable
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
@@ -30,7 +31,7 @@ from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
-from llm.base import ChatMessage, GenerationOptions, LLMBackend
+from llm.base import ChatMessage, CountsGenerations, CountsTokens, GenerationOptions, LLMBackend
 from llm.verbatim import VerbatimText
 from stt.base import STTBackend
 from tts.base import TTSEngine, VoiceParams, hold_voice
@@ -110,6 +111,7 @@ class ChatService:
         self.load_error: str | None = None
         self.stt_error: str | None = None
         self.splitter_config = SplitterConfig()
+        self._reply_pipeline = reply_pipeline(settings.testing)
         self.metrics = Metrics(self._live_counts)
         # Prompts are fitted (tokenized) off the event loop, one at a time: a tokenizer is
         # blocking work, and a fast tokenizer used from two threads at once fails.
@@ -117,7 +119,7 @@ class ChatService:
 
     def _live_counts(self) -> LiveCounts:
         running = self.admission.running_now
-        tokens = getattr(self.llm, "tokens_generated", 0) if self.llm is not None else 0
+        tokens = self.llm.tokens_generated if isinstance(self.llm, CountsGenerations) else 0
         return LiveCounts(self.admission.admitted - running, running, self.admission.rejected, tokens)
 
     @property
@@ -146,8 +148,7 @@ class ChatService:
 
     async def stop(self) -> None:
         self.ready = False
-        if isinstance(self.sessions, RedisSessionStore):
-            await self.sessions.close()
+        await self.sessions.close()
         for backend in (self.llm, self.stt, *self.registry.engines.values()):
             if backend is not None:
                 await backend.stop()
@@ -303,8 +304,7 @@ class ChatService:
         self, turn: _Turn, system: list[ChatMessage], history: list[ChatMessage], user: ChatMessage
     ) -> list[ChatMessage]:
         """The prompt: as much of `history` as fits the context, counted on the fitting thread."""
-        budget, count_tokens = self._prompt_budget(turn)
-        exact = getattr(self.llm, "counts_exactly", True)  # False: the remote backend's upper bound
+        budget, count_tokens, exact = self._prompt_budget(turn)
         fit = functools.partial(
             fit_history, system, history, user, budget=budget, count_tokens=count_tokens, exact=exact
         )
@@ -313,13 +313,16 @@ class ChatService:
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
 
-    def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter]:
-        """Tokens the prompt may take (the context less the reply's room; None: unknown), and how
-        to count them (the model's own tokenizer where it has one)."""
-        assert self.llm is not None
-        context = self.settings.llm_context_tokens or getattr(self.llm, "context_tokens", None)
+    def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter, bool]:
+        """Tokens the prompt may take (the context less the reply's room; None: unknown), how to
+        count them (the model's own tokenizer where it has one), and whether that count is exact
+        (False: an upper bound)."""
+        counting = self.llm if isinstance(self.llm, CountsTokens) else None
+        context = self.settings.llm_context_tokens or (counting.context_tokens if counting else None)
         budget = None if context is None else context - turn.options.max_new_tokens
-        return budget, getattr(self.llm, "count_tokens", None) or estimate_tokens
+        if counting is None:
+            return budget, estimate_tokens, True
+        return budget, counting.count_tokens, counting.counts_exactly
 
     async def _speak(
         self, turn: _Turn, messages: list[ChatMessage], *, llm: LLMBackend | None = None
@@ -330,15 +333,14 @@ class ChatService:
         instead of the service's model, nothing is translated."""
         writer = llm or self.llm
         assert writer is not None
-        overlapped = self.settings.testing.pipeline_mode == "overlapped"
         translates = turn.speaker.translates and turn.engine is not None and llm is None
-        translate = self._translator(turn.speaker) if translates else None
-        pipeline = speak_reply(
-            writer, turn.engine, turn.speaker.voice, messages, turn.options,
-            splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
-            stream_sentences=turn.caller.streaming and overlapped, overlap=overlapped,
-            timeout_s=self.settings.request_timeout_s, translate=translate,
-            by_deadline=self.settings.testing.tts_scheduling == "deadline",
+        staging = Staging(
+            self.splitter_config, self.settings.sentence_queue_size, self.settings.request_timeout_s,
+            stream_sentences=turn.caller.streaming,
+        )
+        pipeline = self._reply_pipeline(
+            writer, turn.engine, turn.speaker.voice, messages, turn.options, staging,
+            translate=self._translator(turn.speaker) if translates else None,
         )
         started, first_audio, samples = time.perf_counter(), None, 0
         spoken: list[str] = []

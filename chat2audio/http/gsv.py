@@ -37,11 +37,10 @@ from chat2audio.errors import ServiceError
 from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.http.errors import error_detail
 from chat2audio.http.responders import AudioAnswer, caller_of, respond_audio
-from chat2audio.pipeline import ReplyTimeout
 from chat2audio.protocol.gsv import (
     ENCODER_FORMATS, TTS_GET_OPENAPI, TTS_POST_OPENAPI, ApiV2Error, ApiV2Message, VoiceEntry, parse_tts_params,
 )
-from chat2audio.runtime.errors import EngineError
+from chat2audio.runtime.errors import ReportableError
 from chat2audio.service import ChatService
 from chat2audio.voices import VoiceFile, check_owned, gpt_sovits_speakers, owned_files, speaker_for_ref_audio, voice_with
 
@@ -146,7 +145,7 @@ async def _speak(request: Request, service: ChatService, raw: dict[str, Any]) ->
         return await respond_audio(request, events, answer)
     except ApiV2Error as error:
         return _refusal(error.message, error.headers)
-    except (ServiceError, EngineError, ReplyTimeout) as error:
+    except ReportableError as error:
         failure = error_detail(error, request.state.request_id)
         return _refusal(failure.message, failure.headers)
 

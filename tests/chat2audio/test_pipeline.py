@@ -10,7 +10,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
-from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone, speak_reply
+from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone, Staging, speak_reply
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.scripted import ScriptedLLM
 from tts.scripted import SAMPLE_RATE, ScriptedTTS, ToneVoice
@@ -131,7 +131,7 @@ async def test_a_listener_about_to_run_dry_gets_the_sentence_being_written_cut_a
     spoken = {}
     for by_deadline in (True, False):
         llm = ScriptedLLM(token_delay_s=0.12, first_token_delay_s=0.0)
-        chunks, reply = await whole(run(llm, ScriptedTTS(rtf=0.0), text=SLOW_SCRIPT, by_deadline=by_deadline))
+        chunks, reply = await whole(run(llm, ScriptedTTS(rtf=0.0), text=SLOW_SCRIPT, staging=Staging(by_deadline=by_deadline)))
         spoken[by_deadline] = list(reply.spoken)
         assert " ".join(reply.spoken) == SLOW_SCRIPT  # nothing lost or repeated either way
     assert spoken[False] == ["Hello there.", SLOW_SCRIPT.removeprefix("Hello there. ")]
