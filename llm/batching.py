@@ -104,16 +104,13 @@ class _Reply:
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
-    text: ReplyText = field(init=False)
+    text: ReplyText = field(init=False)  # set by `stream`, which knows the tokenizer
     # The distinct tokens of the prompt and reply so far (set and tensor), for the repetition
     # penalty; made at the first penalised sampling.
     seen: set[int] | None = None
     seen_ids: Any = None
     # A seeded reply's own random numbers (None: torch's global generator).
     generator: Any = None
-
-    def __post_init__(self) -> None:
-        self.text = ReplyText(self.options.stop)
 
     def add(self, token: int) -> None:
         self.generated.append(token)
@@ -174,6 +171,7 @@ class ContinuousBatcher:
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         reply = _Reply(messages, options, Handover())
+        reply.text = ReplyText(self.tokenizer, options.stop)
         self._inbox.put(reply)
         self._ensure_thread()
         try:
@@ -456,8 +454,7 @@ class ContinuousBatcher:
         if not ended:
             reply.add(token)
         limit = len(reply.generated) >= reply.options.max_new_tokens
-        text = self.tokenizer.decode(reply.generated, skip_special_tokens=True)
-        if piece := reply.text.release(text, last=ended or limit):
+        if piece := reply.text.add([] if ended else [token], last=ended or limit):
             reply.handover.send(TextPiece(piece))
         if ended or limit or reply.text.stopped:
             cut = limit and not (ended or reply.text.stopped)

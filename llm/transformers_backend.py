@@ -268,11 +268,9 @@ class IncrementalDetokenizer:
         self, tokenizer: Any, on_text: Callable[[str], object], *, stops: tuple[str, ...] = (),
         on_stop: Callable[[], object] = lambda: None,
     ) -> None:
-        self._tokenizer = tokenizer
         self._on_text = on_text
-        self._text = ReplyText(stops)
+        self._text = ReplyText(tokenizer, stops)
         self._on_stop = on_stop
-        self._tokens: list[int] = []
         self._prompt_skipped = False
 
     def put(self, value: Any) -> None:
@@ -281,16 +279,15 @@ class IncrementalDetokenizer:
             return
         if self._text.stopped:  # the tokens of the step that generate() still ends
             return
-        self._tokens.extend(int(token) for token in value.reshape(-1).tolist())
-        self._send(last=False)
+        self._send([int(token) for token in value.reshape(-1).tolist()], last=False)
         if self._text.stopped:
             self._on_stop()
 
     def end(self) -> None:
-        self._send(last=True)
+        self._send([], last=True)
 
-    def _send(self, *, last: bool) -> None:
-        if piece := self._text.release(self._tokenizer.decode(self._tokens, skip_special_tokens=True), last=last):
+    def _send(self, tokens: list[int], *, last: bool) -> None:
+        if piece := self._text.add(tokens, last=last):
             self._on_text(piece)
 
 
