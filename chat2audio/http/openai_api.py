@@ -60,21 +60,19 @@ async def speech(body: SpeechRequest, request: Request, service: ServiceDep) -> 
     pcm_rate = PCM_RATE if body.response_format == "pcm" else None
     events = service.speak_text(speaker.id, body.input, caller=caller_of(request), speed=body.speed)
     if body.stream_format == "sse":
-        return await respond_audio(request, events, EventsAnswer(
-            lambda reply: _speech_events(reply, body.response_format, pcm_rate, body.input),
-            audio_format=body.response_format, output_rate=pcm_rate,
-        ))
+        audio = AudioAnswer(body.response_format, streaming=True, output_rate=pcm_rate)
+        return await respond_audio(request, events, EventsAnswer(lambda reply: _speech_events(reply, audio, body.input), audio))
     answer = AudioAnswer(body.response_format, streaming=request.app.state.streaming, output_rate=pcm_rate)
     return await respond_audio(request, events, answer)
 
 
-async def _speech_events(reply: OpenedReply, audio_format: str, output_rate: int | None, text: str) -> AsyncIterator[ServerSentEvent]:
+async def _speech_events(reply: OpenedReply, audio: AudioAnswer, text: str) -> AsyncIterator[ServerSentEvent]:
     """OpenAI's speech events: `speech.audio.delta` with base64 audio, then `speech.audio.done`
     with usage (input tokens estimated from the text; this server counts no audio tokens); or,
     when synthesis fails or times out on the way, an `error` event in OpenAI's error shape (as the
     chat-completions stream reports one) instead of the done event: the audio is incomplete."""
     try:
-        encoder = StreamEncoder(audio_format, reply.started.sample_rate, output_rate=output_rate)
+        encoder = StreamEncoder(audio.format, reply.started.sample_rate, output_rate=audio.output_rate)
         async with aclosing(encoded_audio(reply, encoder)) as pieces:
             async for data in pieces:
                 yield ServerSentEvent(data=json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}))

@@ -28,23 +28,22 @@ SSE_PING_S = 15  # keeps proxies from closing a quiet event stream (a long first
 @dataclass(frozen=True)
 class AudioAnswer:
     """The reply's audio as a file: `format` (a codecs.AUDIO_FORMATS name) streamed as it is
-    synthesized or whole, at `output_rate` (None: the voice's own), sent as `media_type` (None:
+    synthesized or whole, at `output_rate` (None: the voice's own), sent as `media_type` (empty:
     the format's own)."""
 
     format: str
     streaming: bool
     output_rate: int | None = None
-    media_type: str | None = None
+    media_type: str = ""
 
 
 @dataclass(frozen=True)
 class EventsAnswer:
-    """Server-sent events that `body` makes of the reply; with `audio_format`, its audio is
-    encoded so, at `output_rate` (None: the rate that format takes nearest the voice's)."""
+    """Server-sent events that `body` makes of the reply, carrying its audio as `audio` says
+    (for the X-Sample-Rate header)."""
 
     body: Callable[[OpenedReply], AsyncIterator[ServerSentEvent]]
-    audio_format: str | None = None
-    output_rate: int | None = None
+    audio: AudioAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,8 @@ async def respond_audio(
 
 async def _answer(request: Request, reply: OpenedReply, answer: AudioAnswer | EventsAnswer | JsonAnswer, headers: dict[str, str]) -> Response:
     if isinstance(answer, EventsAnswer):
-        if answer.audio_format is not None:
-            rate = answer.output_rate or choose_output_rate(answer.audio_format, reply.started.sample_rate)
-            headers["X-Sample-Rate"] = str(rate)
+        if (audio := answer.audio) is not None:
+            headers["X-Sample-Rate"] = str(audio.output_rate or choose_output_rate(audio.format, reply.started.sample_rate))
         return EventSourceResponse(answer.body(reply), headers=headers, ping=SSE_PING_S, sep="\n")
     if isinstance(answer, JsonAnswer):
         document = await unless_client_leaves(request, answer.body(reply))
