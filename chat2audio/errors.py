@@ -4,11 +4,11 @@ framework here; `chat2audio.http.errors` is the one place these become responses
 from __future__ import annotations
 
 from chat2audio.pipeline import ReplyTimeout
-from chat2audio.runtime.errors import EngineError
+from chat2audio.runtime.errors import EngineError, ReportableError
 from stt.base import STTError
 
 
-class ServiceError(Exception):
+class ServiceError(ReportableError):
     """An error the client should see: carries its HTTP status, a type and a safe message, and
     the request field at fault (`param`, which OpenAI-style errors name) when there is one."""
 

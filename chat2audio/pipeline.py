@@ -17,6 +17,7 @@ from typing import Union
 
 import numpy as np
 
+from chat2audio.runtime.errors import ReportableError
 from chat2audio.runtime.scheduling import speaking_by
 from chat2audio.runtime.text import is_cjk, is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
@@ -26,15 +27,25 @@ from tts.base import TTSEngine, VoiceParams
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """A piece of one sentence's audio. Each sentence ends with an empty chunk whose
-    `sentence_done` is set, so consumers know when a sentence is complete without waiting.
-    `sentence` is the text as written; `speech` what was said (a translation, or the same)."""
+    """A piece of one sentence's audio, as soon as it is synthesized (never empty)."""
 
     sentence_index: int
-    sentence: str
     audio: np.ndarray
-    sentence_done: bool
-    speech: str = ""
+
+
+@dataclass(frozen=True)
+class SentenceDone:
+    """A sentence, after its last chunk: everything a consumer needs of it in one item, so that
+    none re-collects chunks. `text` is as written; `speech` what was said (a translation, or
+    the same); `audio` all of its samples (empty for text-only replies); `separator` what goes
+    before it when the reply is joined (see `join_sentences`), so that a transcript grows by
+    `separator + text`."""
+
+    index: int
+    text: str
+    speech: str
+    audio: np.ndarray
+    separator: str
 
 
 @dataclass(frozen=True)
@@ -57,20 +68,24 @@ class ReplyFinished:
         return self.spoken_text if self.finish_reason == "length" else self.raw_text.strip()
 
 
-ReplyItem = Union[AudioChunk, ReplyFinished]
+ReplyItem = Union[AudioChunk, SentenceDone, ReplyFinished]
 
 
 def join_sentences(sentences: list[str] | tuple[str, ...]) -> str:
     """Join with a space between Latin sentences and nothing between CJK ones."""
     text = ""
     for sentence in sentences:
-        if text and not (is_cjk(text[-1]) or is_cjk(sentence[0])):
-            text += " "
-        text += sentence
+        text += separator_between(text, sentence) + sentence
     return text
 
 
-class ReplyTimeout(Exception):
+def separator_between(text: str, sentence: str) -> str:
+    """What goes between `text` and the next `sentence`: a space between Latin ones, nothing
+    between CJK ones or at the start."""
+    return " " if text and not (is_cjk(text[-1]) or is_cjk(sentence[0])) else ""
+
+
+class ReplyTimeout(ReportableError):
     """The reply did not finish within the request timeout."""
 
 
@@ -99,66 +114,77 @@ class _Written:
 Translator = Callable[[str], Awaitable[str]]
 
 
+@dataclass(frozen=True)
+class Staging:
+    """How one reply's stages run, decided once per reply.
+
+    `queue_size` sentences may wait written but not yet spoken; past `timeout_s` the reply fails
+    with ReplyTimeout. With `stream_sentences` (the stream app) every sentence is synthesized in
+    chunks that leave as they are made: a sentence synthesized whole reaches the listener only
+    once all of it is done, and on a voice that is not many times faster than speech (a real
+    GPT-SoVITS voice on a CPU), a long sentence after a short one would leave the listener with
+    nothing to play meanwhile. With `by_deadline`, each sentence is due when the listener would
+    run out of audio (see `chat2audio.runtime.scheduling`), and the sentence being written is cut
+    short when the listener is about to; without, every sentence is due when it is submitted."""
+
+    splitter: SplitterConfig | None = None
+    queue_size: int = 4
+    timeout_s: float | None = None
+    stream_sentences: bool = True
+    by_deadline: bool = True
+
+
 async def speak_reply(
     llm: LLMBackend,
     tts: TTSEngine | None,
     voice: VoiceParams | None,
     messages: list[ChatMessage],
     options: GenerationOptions,
+    staging: Staging = Staging(),
     *,
-    splitter_config: SplitterConfig | None = None,
-    queue_size: int = 4,
-    stream_sentences: bool = True,
-    overlap: bool = True,
-    timeout_s: float | None = None,
     translate: Translator | None = None,
-    by_deadline: bool = True,
 ) -> AsyncIterator[ReplyItem]:
-    """Yield the reply's audio, sentence by sentence, chunk by chunk, then one ReplyFinished.
+    """Yield the reply's audio chunk by chunk, a SentenceDone after each sentence's last chunk,
+    then one ReplyFinished.
 
-    Without `tts` (text-only replies) each sentence comes as one empty, finished chunk. With
+    Without `tts` (text-only replies) each sentence comes as a SentenceDone without audio. With
     `translate`, each sentence is translated before synthesis, in a stage of its own, so the
-    translation of sentence n+1 overlaps the synthesis of sentence n. `overlap=False` is the
-    original system's design, kept for benchmarks: the whole reply is written before the first
-    sentence is synthesized. Past `timeout_s` the reply fails with ReplyTimeout. With
-    `by_deadline`, each sentence is due when the listener would run out of audio (see
-    `chat2audio.runtime.scheduling`); without, every sentence is due when it is submitted.
-    With `stream_sentences` (the stream app) every sentence is synthesized in chunks that leave as
-    they are made: a sentence synthesized whole reaches the listener only once all of it is done,
-    and on a voice that is not many times faster than speech (a real GPT-SoVITS voice on a CPU), a
-    long sentence after a short one would leave the listener with nothing to play meanwhile.
+    translation of sentence n+1 overlaps the synthesis of sentence n. How the stages run is
+    `staging`'s (see there); the benchmarks' baselines wrap this function (chat2audio/baselines.py).
     """
-    deadline = _Deadline(timeout_s)
+    deadline = _Deadline(staging.timeout_s)
     written_so_far = _Written()
-    written: asyncio.Queue = asyncio.Queue(maxsize=queue_size if overlap else 0)
+    written: asyncio.Queue = asyncio.Queue(maxsize=staging.queue_size)
     playback = _Playback(tts.sample_rate(voice) if tts is not None and voice is not None else 0)
-    running_dry = playback.running_dry if by_deadline and tts is not None else None
+    running_dry = playback.running_dry if staging.by_deadline and tts is not None else None
     writer = _write_sentences(
-        llm, messages, options, SentenceSplitter(splitter_config), written, written_so_far, deadline, running_dry
+        llm, messages, options, SentenceSplitter(staging.splitter), written, written_so_far, deadline, running_dry
     )
     stages = [asyncio.create_task(writer, name="reply-writer")]
     to_speak = written
     if translate is not None:
-        to_speak = asyncio.Queue(maxsize=queue_size if overlap else 0)
+        to_speak = asyncio.Queue(maxsize=staging.queue_size)
         stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, deadline)))
     spoken: list[str] = []
     try:
-        if not overlap:
-            await asyncio.shield(stages[0])
         index = 0
         while (sentence := await _next_sentence(to_speak, deadline)) is not None:
             text, speech = sentence
             if not is_speakable(speech):
                 continue
+            audio: list[np.ndarray] = []
             if tts is not None:
-                due = playback.runs_dry_at() if by_deadline else time.monotonic()
-                chunks = _synthesize(tts, speech, voice, stream_sentences, due, deadline)
+                due = playback.runs_dry_at() if staging.by_deadline else time.monotonic()
+                chunks = _synthesize(tts, speech, voice, staging.stream_sentences, due, deadline)
                 async with aclosing(chunks):
-                    async for audio in chunks:
-                        playback.add(audio)
-                        yield AudioChunk(index, text, audio, sentence_done=False, speech=speech)
+                    async for chunk in chunks:
+                        if chunk.size:
+                            playback.add(chunk)
+                            audio.append(chunk)
+                            yield AudioChunk(index, chunk)
+            separator = separator_between(spoken[-1] if spoken else "", text)
             spoken.append(text)
-            yield AudioChunk(index, text, _NO_AUDIO, sentence_done=True, speech=speech)
+            yield SentenceDone(index, text, speech, np.concatenate(audio) if audio else _NO_AUDIO, separator)
             index += 1
     finally:
         await _stop_stages(stages, [written, to_speak])

@@ -14,23 +14,24 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from chat2audio.admission import AdmissionControl
+from chat2audio.baselines import reply_pipeline
 from chat2audio.context import TokenCounter, estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
 from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
 from chat2audio.metrics import LiveCounts, Metrics
-from chat2audio.pipeline import AudioChunk, ReplyFinished, join_sentences, speak_reply
-from chat2audio.protocol import ChatOptions
+from chat2audio.pipeline import ReplyFinished, ReplyItem, SentenceDone, Staging, join_sentences
+from chat2audio.protocol.chat import ChatOptions
 from chat2audio.runtime.text import is_speakable
 from chat2audio.sessions import MemorySessionStore, RedisSessionStore, SessionStore, TurnOrder
 from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
-from llm.base import ChatMessage, GenerationOptions, LLMBackend
+from llm.base import ChatMessage, CountsGenerations, CountsTokens, GenerationOptions, LLMBackend
 from llm.verbatim import VerbatimText
 from stt.base import STTBackend
 from tts.base import TTSEngine, VoiceParams, hold_voice
@@ -57,14 +58,26 @@ class ReplyStarted:
     transcript: str | None  # what was heard, for voice input
 
 
-ReplyEvent = Union[ReplyStarted, AudioChunk, ReplyFinished]
+ReplyEvent = Union[ReplyStarted, ReplyItem]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked for a reply, built once per request: its id (for the log), its route (the
+    time-to-first-audio histogram's label), when it arrived (first audio is measured from
+    then), and whether each sentence streams as it is synthesized (the stream app)."""
+
+    request_id: str = "-"
+    endpoint: str = "-"
+    arrived: float = field(default_factory=time.perf_counter)
+    streaming: bool = True
 
 
 @dataclass
 class _Turn:
     """One reply's resolved request, filled in as it goes (private to the service)."""
 
-    request_id: str
+    caller: Caller
     speaker: Speaker
     engine: TTSEngine | None  # None: a text-only reply
     options: GenerationOptions
@@ -98,6 +111,7 @@ class ChatService:
         self.load_error: str | None = None
         self.stt_error: str | None = None
         self.splitter_config = SplitterConfig()
+        self._reply_pipeline = reply_pipeline(settings.testing)
         self.metrics = Metrics(self._live_counts)
         # Prompts are fitted (tokenized) off the event loop, one at a time: a tokenizer is
         # blocking work, and a fast tokenizer used from two threads at once fails.
@@ -105,7 +119,7 @@ class ChatService:
 
     def _live_counts(self) -> LiveCounts:
         running = self.admission.running_now
-        tokens = getattr(self.llm, "tokens_generated", 0) if self.llm is not None else 0
+        tokens = self.llm.tokens_generated if isinstance(self.llm, CountsGenerations) else 0
         return LiveCounts(self.admission.admitted - running, running, self.admission.rejected, tokens)
 
     @property
@@ -134,8 +148,7 @@ class ChatService:
 
     async def stop(self) -> None:
         self.ready = False
-        if isinstance(self.sessions, RedisSessionStore):
-            await self.sessions.close()
+        await self.sessions.close()
         for backend in (self.llm, self.stt, *self.registry.engines.values()):
             if backend is not None:
                 await backend.stop()
@@ -147,8 +160,7 @@ class ChatService:
         *,
         text: str | None = None,
         voice: VoiceInput | None = None,
-        request_id: str = "-",
-        stream_first_sentence: bool = True,
+        caller: Caller = Caller(),
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, the reply's audio chunks, then ReplyFinished, for `text` (typed) or
         `voice` (recorded). Bad requests fail at the first step, before anything is waited for.
@@ -156,7 +168,7 @@ class ChatService:
         The request is counted by admission control from its first step to its last, waits
         (bounded) for its conversation's turn, then for a running slot; voice input is
         transcribed inside that slot. The turn is held until the exchange is remembered."""
-        turn = self._resolve(request, text, voice, request_id)
+        turn = self._resolve(request, text, voice, caller)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.conversations.turn(turn.speaker.id, turn.session_id))
@@ -164,12 +176,12 @@ class ChatService:
             if turn.voice is not None:
                 await self._transcribe(turn)
             messages = await self._messages(turn)
-            async with aclosing(self._started(turn, holding, messages, stream_first_sentence)) as events:
+            async with aclosing(self._started(turn, holding, messages)) as events:
                 async for event in events:
                     yield event
 
     async def reply_to_messages(
-        self, request: ChatOptions, messages: list[ChatMessage], *, request_id: str = "-", stream_first_sentence: bool = True
+        self, request: ChatOptions, messages: list[ChatMessage], *, caller: Caller = Caller()
     ) -> AsyncIterator[ReplyEvent]:
         """A reply to a conversation the client keeps itself (OpenAI's chat completions are
         stateless): the speaker's role prompt leads, then the client's own system messages, then
@@ -177,20 +189,20 @@ class ChatService:
         if not messages or messages[-1].role != "user":
             raise InvalidInput("messages must end with the user's message")
         self._check_messages(messages)
-        turn = self._resolve(request, messages[-1].content, None, request_id)
+        turn = self._resolve(request, messages[-1].content, None, caller)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
             own_system = [m for m in messages[:-1] if m.role == "system"]
             history = [m for m in messages[:-1] if m.role != "system"]
             prompt = await self._fitted(turn, self._role_prompt(turn) + own_system, history, messages[-1])
-            async with aclosing(self._started(turn, holding, prompt, stream_first_sentence)) as events:
+            async with aclosing(self._started(turn, holding, prompt)) as events:
                 async for event in events:
                     yield event
 
     async def speak_text(
-        self, speaker_id: str, text: str, *, request_id: str = "-", speed: float = 1.0,
-        voice: VoiceParams | None = None, stream_first_sentence: bool = True,
+        self, speaker_id: str, text: str, *, caller: Caller = Caller(), speed: float = 1.0,
+        voice: VoiceParams | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """ReplyStarted, then `text` itself spoken in the speaker's voice: no LLM, no translation,
         but the same admission, sentence splitting and synthesis as a reply, the first sentence
@@ -210,28 +222,27 @@ class ChatService:
         assert speaker.voice is not None
         voice = voice or speaker.voice
         voice = voice.at_speed(speed) if speed != 1.0 else voice
-        turn = _Turn(request_id, replace(speaker, voice=voice), self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
+        turn = _Turn(caller, replace(speaker, voice=voice), self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
-            async with aclosing(self._started(turn, holding, [], stream_first_sentence, llm=VerbatimText(text))) as events:
+            async with aclosing(self._started(turn, holding, [], llm=VerbatimText(text))) as events:
                 async for event in events:
                     yield event
 
     async def _started(
-        self, turn: _Turn, holding: AsyncExitStack, messages: list[ChatMessage], stream_first_sentence: bool,
-        *, llm: LLMBackend | None = None,
+        self, turn: _Turn, holding: AsyncExitStack, messages: list[ChatMessage], *, llm: LLMBackend | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """An admitted turn from ReplyStarted on: its voice held (in `holding`) for the whole
         reply, then the pipeline's items."""
         if turn.engine is not None and turn.speaker.voice is not None:
             await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
-        yield ReplyStarted(turn.request_id, turn.speaker.id, turn.sample_rate, turn.session_id, turn.transcript)
-        async with aclosing(self._speak(turn, messages, stream_first_sentence, llm=llm)) as items:
+        yield ReplyStarted(turn.caller.request_id, turn.speaker.id, turn.sample_rate, turn.session_id, turn.transcript)
+        async with aclosing(self._speak(turn, messages, llm=llm)) as items:
             async for item in items:
                 yield item
 
-    def _resolve(self, request: ChatOptions, text: str | None, voice: VoiceInput | None, request_id: str) -> _Turn:
+    def _resolve(self, request: ChatOptions, text: str | None, voice: VoiceInput | None, caller: Caller) -> _Turn:
         if (text is None) == (voice is None):
             raise ValueError("reply() takes either text or voice")
         if not self.ready or self.llm is None:
@@ -252,7 +263,7 @@ class ChatService:
         if request.stop:
             overrides["stop"] = tuple(request.stop)
         options = replace(options, **overrides)
-        return _Turn(request_id, speaker, engine, options, request.session_id, text or "", voice)
+        return _Turn(caller, speaker, engine, options, request.session_id, text or "", voice)
 
     def _check_messages(self, messages: list[ChatMessage]) -> None:
         """A client-kept conversation within the limits: at most `max_messages` messages, each
@@ -293,8 +304,7 @@ class ChatService:
         self, turn: _Turn, system: list[ChatMessage], history: list[ChatMessage], user: ChatMessage
     ) -> list[ChatMessage]:
         """The prompt: as much of `history` as fits the context, counted on the fitting thread."""
-        budget, count_tokens = self._prompt_budget(turn)
-        exact = getattr(self.llm, "counts_exactly", True)  # False: the remote backend's upper bound
+        budget, count_tokens, exact = self._prompt_budget(turn)
         fit = functools.partial(
             fit_history, system, history, user, budget=budget, count_tokens=count_tokens, exact=exact
         )
@@ -303,31 +313,34 @@ class ChatService:
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
 
-    def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter]:
-        """Tokens the prompt may take (the context less the reply's room; None: unknown), and how
-        to count them (the model's own tokenizer where it has one)."""
-        assert self.llm is not None
-        context = self.settings.llm_context_tokens or getattr(self.llm, "context_tokens", None)
+    def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter, bool]:
+        """Tokens the prompt may take (the context less the reply's room; None: unknown), how to
+        count them (the model's own tokenizer where it has one), and whether that count is exact
+        (False: an upper bound)."""
+        counting = self.llm if isinstance(self.llm, CountsTokens) else None
+        context = self.settings.llm_context_tokens or (counting.context_tokens if counting else None)
         budget = None if context is None else context - turn.options.max_new_tokens
-        return budget, getattr(self.llm, "count_tokens", None) or estimate_tokens
+        if counting is None:
+            return budget, estimate_tokens, True
+        return budget, counting.count_tokens, counting.counts_exactly
 
     async def _speak(
-        self, turn: _Turn, messages: list[ChatMessage], stream_first_sentence: bool, *, llm: LLMBackend | None = None
-    ) -> AsyncIterator[AudioChunk | ReplyFinished]:
+        self, turn: _Turn, messages: list[ChatMessage], *, llm: LLMBackend | None = None
+    ) -> AsyncIterator[ReplyItem]:
         """The pipeline's items, counted, logged, and remembered in the conversation at the end
-        (a reply cut short as far as it was spoken). With `llm` (speech requests: the text
-        itself) instead of the service's model, nothing is translated."""
+        (a reply cut short as far as it was spoken). The one place a reply's first audio is
+        timed, from the request's arrival. With `llm` (speech requests: the text itself)
+        instead of the service's model, nothing is translated."""
         writer = llm or self.llm
         assert writer is not None
-        overlapped = self.settings.testing.pipeline_mode == "overlapped"
         translates = turn.speaker.translates and turn.engine is not None and llm is None
-        translate = self._translator(turn.speaker) if translates else None
-        pipeline = speak_reply(
-            writer, turn.engine, turn.speaker.voice, messages, turn.options,
-            splitter_config=self.splitter_config, queue_size=self.settings.sentence_queue_size,
-            stream_sentences=stream_first_sentence and overlapped, overlap=overlapped,
-            timeout_s=self.settings.request_timeout_s, translate=translate,
-            by_deadline=self.settings.testing.tts_scheduling == "deadline",
+        staging = Staging(
+            self.splitter_config, self.settings.sentence_queue_size, self.settings.request_timeout_s,
+            stream_sentences=turn.caller.streaming,
+        )
+        pipeline = self._reply_pipeline(
+            writer, turn.engine, turn.speaker.voice, messages, turn.options, staging,
+            translate=self._translator(turn.speaker) if translates else None,
         )
         started, first_audio, samples = time.perf_counter(), None, 0
         spoken: list[str] = []
@@ -338,11 +351,13 @@ class ChatService:
                 async for item in items:
                     if isinstance(item, ReplyFinished):
                         finished = item
-                    elif item.sentence_done:
-                        spoken.append(item.sentence)
-                    elif first_audio is None:
-                        first_audio = time.perf_counter() - started
-                    samples += item.audio.size if isinstance(item, AudioChunk) else 0
+                    elif isinstance(item, SentenceDone):
+                        spoken.append(item.text)
+                    else:
+                        if first_audio is None:
+                            first_audio = time.perf_counter() - turn.caller.arrived
+                            self.metrics.time_to_first_audio.labels(turn.caller.endpoint).observe(first_audio)
+                        samples += item.audio.size
                     yield item
         finally:
             self.active_replies -= 1
@@ -352,7 +367,7 @@ class ChatService:
                 await self.conversations.remember(turn.speaker.id, turn.session_id, turn.user_input, said)
             log.info(
                 "reply %s speaker=%s %s first_audio=%s total=%.3fs audio=%.2fs sentences=%d finish=%s",
-                turn.request_id, turn.speaker.id, "done" if finished else "stopped",
+                turn.caller.request_id, turn.speaker.id, "done" if finished else "stopped",
                 f"{first_audio:.3f}s" if first_audio is not None else "-", time.perf_counter() - started,
                 samples / (turn.sample_rate or 1), len(spoken), finished.finish_reason if finished else "-",
             )

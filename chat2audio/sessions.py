@@ -29,6 +29,10 @@ class SessionStore(Protocol):
         """Forget the session with every speaker; returns how many conversations were dropped."""
         ...
 
+    async def close(self) -> None:
+        """Release the store's connections (at shutdown)."""
+        ...
+
 
 class TurnOrder:
     """One reply at a time per conversation (in this process): a turn posted while the previous
@@ -100,6 +104,9 @@ class MemorySessionStore:
         for key in keys:
             del self._sessions[key]
         return len(keys)
+
+    async def close(self) -> None:
+        pass
 
 
 class RedisSessionStore:

@@ -71,6 +71,36 @@ class LLMBackend(Protocol):
     ) -> AsyncIterator[TextPiece]: ...
 
 
+@runtime_checkable
+class CountsTokens(Protocol):
+    """Optional backend capability: its context window and a prompt's length in its tokens, so
+    that a conversation's history is trimmed to fit. Blocking: `count_tokens` runs off the loop."""
+
+    context_tokens: int | None
+
+    @property
+    def counts_exactly(self) -> bool:
+        """False where `count_tokens` is only an upper bound (no tokenizer at hand)."""
+        ...
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int: ...
+
+
+@runtime_checkable
+class CountsGenerations(Protocol):
+    """Optional backend capability: what /stats and /metrics report of the LLM."""
+
+    @property
+    def active_generations(self) -> int:
+        """Replies generating now (or waiting to)."""
+        ...
+
+    @property
+    def tokens_generated(self) -> int:
+        """A counter since start-up."""
+        ...
+
+
 def chat_template_ids(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
     """The prompt's token ids under `tokenizer`'s chat template, ready for the reply to follow
     (transformers returns a list or, in newer versions, a mapping with `input_ids`)."""

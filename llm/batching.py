@@ -31,7 +31,6 @@ limit.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -45,12 +44,12 @@ from typing import Any
 
 from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.int8_weights import decode_steps
+from chat2audio.runtime.threads import END, Handover
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece, chat_template_ids
-from llm.stops import StopStrings
+from llm.stops import ReplyText
 
 log = logging.getLogger(__name__)
 
-_END = object()
 
 # A forward pass costs about as much as this many prompt tokens on top of its own tokens (the
 # weights are read once more), so a shared prompt prefix shorter than this is recomputed per
@@ -101,25 +100,17 @@ class _Reply:
 
     messages: list[ChatMessage]
     options: GenerationOptions
-    loop: asyncio.AbstractEventLoop
-    pieces: asyncio.Queue
+    handover: Handover
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
-    stops: StopStrings = field(init=False)
+    text: ReplyText = field(init=False)  # set by `stream`, which knows the tokenizer
     # The distinct tokens of the prompt and reply so far (set and tensor), for the repetition
     # penalty; made at the first penalised sampling.
     seen: set[int] | None = None
     seen_ids: Any = None
     # A seeded reply's own random numbers (None: torch's global generator).
     generator: Any = None
-
-    def __post_init__(self) -> None:
-        self.stops = StopStrings(self.options.stop)
-
-    def send(self, item: object) -> None:
-        self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
 
     def add(self, token: int) -> None:
         self.generated.append(token)
@@ -179,13 +170,12 @@ class ContinuousBatcher:
         return sum(bucket.nbytes for bucket in list(self._buckets))
 
     async def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
-        reply = _Reply(messages, options, asyncio.get_running_loop(), asyncio.Queue())
+        reply = _Reply(messages, options, Handover())
+        reply.text = ReplyText(self.tokenizer, options.stop)
         self._inbox.put(reply)
         self._ensure_thread()
         try:
-            while (item := await reply.pieces.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in reply.handover.items():
                 yield item
         finally:
             reply.cancelled.set()  # the row leaves at the next step
@@ -464,22 +454,12 @@ class ContinuousBatcher:
         if not ended:
             reply.add(token)
         limit = len(reply.generated) >= reply.options.max_new_tokens
-        # Decoding the whole reply again costs ~20 µs at 80 tokens: not worth an incremental
-        # detokenizer's edge cases.
-        text = self.tokenizer.decode(reply.generated, skip_special_tokens=True)
-        # Hold back a character still being built from several tokens (U+FFFD), unless done.
-        if not (ended or limit) and text.endswith("\ufffd"):
-            return
-        end = reply.stops.releasable(text, reply.sent_chars)
-        if not reply.stops.stopped and (ended or limit):
-            end = len(text)  # a tail that looked like a stop string's start is text after all
-        if end > reply.sent_chars:
-            reply.send(TextPiece(text[reply.sent_chars : end]))
-            reply.sent_chars = end
-        if ended or limit or reply.stops.stopped:
-            cut = limit and not (ended or reply.stops.stopped)
-            reply.send(TextPiece("", finish_reason="length" if cut else "stop"))
-            reply.send(_END)
+        if piece := reply.text.add([] if ended else [token], last=ended or limit):
+            reply.handover.send(TextPiece(piece))
+        if ended or limit or reply.text.stopped:
+            cut = limit and not (ended or reply.text.stopped)
+            reply.handover.send(TextPiece("", finish_reason="length" if cut else "stop"))
+            reply.handover.send(END)
             reply.cancelled.set()  # done: leaves the batch like a hung-up reply
 
     def _tensor(self, rows: list) -> Any:
@@ -504,8 +484,8 @@ def _smoothed(average: float | None, value: float) -> float:
 
 
 def _fail(reply: _Reply, error: LLMError) -> None:
-    reply.send(error)
-    reply.send(_END)
+    reply.handover.send(error)
+    reply.handover.send(END)
     reply.cancelled.set()  # done: leaves the batch (if it is in) like a hung-up reply
 
 

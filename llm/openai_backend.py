@@ -85,6 +85,7 @@ class OpenAIBackend(UpstreamClient):
         self._tokenizer_name: str | None = None
         self._rediscover_at: float | None = None  # set while the server could not be asked
         self.tokens_generated = 0  # a counter since start-up, for /metrics and /stats
+        self.active_generations = 0  # streams open now
 
     def describe(self) -> str:
         counted = f"tokenizer {self._tokenizer_name}" if self._tokenizer is not None else "an upper-bound estimate"
@@ -247,6 +248,7 @@ class OpenAIBackend(UpstreamClient):
             await self._discover()
         stream = await self._open(self._request(messages, options))
         tally = _Tally()
+        self.active_generations += 1
         try:
             async for piece in self._pieces(stream, tally):
                 yield piece
@@ -261,6 +263,7 @@ class OpenAIBackend(UpstreamClient):
             message, status = self._failure(exc, streaming=True)
             raise LLMError(message, status=status) from exc
         finally:
+            self.active_generations -= 1
             self.tokens_generated += tally.tokens
             await stream.close()
 

@@ -1,9 +1,10 @@
 """Stop strings for backends that generate the text themselves: a reply's text is released as it
-grows, except what could still turn out to be the start of a stop string."""
+grows, except what could still turn out to be the start of a stop string (or of a character)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class StopStrings:
@@ -41,6 +42,45 @@ class StopStrings:
             return max(sent, self._found_at)
         held = max(matcher.matched for matcher in self._matchers)
         return max(sent, len(text) - held)
+
+
+class ReplyText:
+    """One reply's text as its tokens arrive, and what of it may be sent now. tokenizers'
+    `DecodeStream` turns each token into the text it completes (nothing while a character is
+    still being built from several tokens); what could be the start of a stop string is held back
+    until the next token shows, or the reply's last. (A tokenizer without a `tokenizers` backend,
+    some remote-code ones, has the reply decoded again per token instead.)"""
+
+    def __init__(self, tokenizer: Any, stops: Iterable[str]) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._tokens: list[int] = []
+        self._stops = StopStrings(stops)
+        self._text = ""
+        self._sent = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self._stops.stopped
+
+    def add(self, tokens: Iterable[int], *, last: bool = False) -> str:
+        """The text to send now that `tokens` came; with `last`, all that is left before any
+        stop string."""
+        for token in tokens:
+            if self._backend is not None:
+                self._text += self._stream.step(self._backend, token) or ""
+            else:
+                self._tokens.append(token)
+                self._text = self._tokenizer.decode(self._tokens, skip_special_tokens=True).removesuffix("\ufffd")
+        end = self._stops.releasable(self._text, self._sent)
+        if last and not self._stops.stopped:
+            end = len(self._text)  # a tail that looked like a stop string's start is text after all
+        piece = self._text[self._sent : end]
+        self._sent = max(self._sent, end)
+        return piece
 
 
 class _Matcher:

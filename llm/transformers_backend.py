@@ -29,7 +29,7 @@ from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece, chat_template_ids
 from llm.batching import GREEDY_BELOW_TEMPERATURE, ContinuousBatcher, torch_seed
 from llm.embedded import EMBEDDED_PACKAGE
-from llm.stops import StopStrings
+from llm.stops import ReplyText
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class TransformersBackend:
         self.precision = "fp32"
         self.context_tokens: int | None = None
         self._counting_tokenizer: Any = None
+
+    counts_exactly = True  # the model's own tokenizer
 
     @property
     def active_generations(self) -> int:
@@ -210,16 +212,12 @@ class TransformersBackend:
         if cancelled.is_set():
             return
         tokenizer, model = self._tokenizer, self._model
-        inputs = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(self.device)
+        prompt = torch.tensor([chat_template_ids(tokenizer, messages)], device=self.device)
+        inputs = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
 
         stopped = threading.Event()  # a stop string showed up: generate() ends at the next step
         streamer = IncrementalDetokenizer(
-            tokenizer, lambda text: emit(TextPiece(text)), stops=StopStrings(options.stop), on_stop=stopped.set
+            tokenizer, lambda text: emit(TextPiece(text)), stops=options.stop, on_stop=stopped.set
         )
         stopping = stop_when_set(cancelled)
         stopping.extend(stop_when_set(stopped))
@@ -263,48 +261,34 @@ _WARM_UP = GenerationOptions(max_new_tokens=2, temperature=0)
 
 
 class IncrementalDetokenizer:
-    """A `generate` streamer that hands on new text after every token.
-
-    transformers' TextStreamer holds text back until a space (a whole word), which delays each
-    sentence end by a token. Here the whole reply is re-decoded per token and only the new suffix
-    is sent, unless it ends in an incomplete UTF-8 sequence (shown as U+FFFD) still being built.
-    """
+    """A `generate` streamer that hands on new text after every token (transformers' TextStreamer
+    holds text back until a space, a whole word, which delays each sentence end by a token)."""
 
     def __init__(
-        self, tokenizer: Any, on_text: Callable[[str], object], *, stops: StopStrings | None = None,
+        self, tokenizer: Any, on_text: Callable[[str], object], *, stops: tuple[str, ...] = (),
         on_stop: Callable[[], object] = lambda: None,
     ) -> None:
-        self._tokenizer = tokenizer
         self._on_text = on_text
-        self._stops = stops or StopStrings(())
+        self._text = ReplyText(tokenizer, stops)
         self._on_stop = on_stop
-        self._tokens: list[int] = []
-        self._sent = 0
         self._prompt_skipped = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_skipped:  # generate() first passes the prompt itself
             self._prompt_skipped = True
             return
-        if self._stops.stopped:  # the tokens of the step that generate() still ends
+        if self._text.stopped:  # the tokens of the step that generate() still ends
             return
-        self._tokens.extend(int(token) for token in value.reshape(-1).tolist())
-        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        self._send(text, self._stops.releasable(text, self._sent))
-        if self._stops.stopped:
+        self._send([int(token) for token in value.reshape(-1).tolist()], last=False)
+        if self._text.stopped:
             self._on_stop()
 
     def end(self) -> None:
-        if not self._stops.stopped:  # what only looked like a stop string's start is text
-            text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
-            self._send(text, len(text))
+        self._send([], last=True)
 
-    def _send(self, text: str, end: int) -> None:
-        if end > self._sent:
-            self._on_text(text[self._sent : end])
-            self._sent = end
+    def _send(self, tokens: list[int], *, last: bool) -> None:
+        if piece := self._text.add(tokens, last=last):
+            self._on_text(piece)
 
 
 def _weights_precision(setting: str, device: str) -> str:

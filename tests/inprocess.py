@@ -8,7 +8,7 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 from chat2audio.pipeline import AudioChunk
-from chat2audio.protocol import ChatOptions
+from chat2audio.protocol.chat import ChatOptions
 from chat2audio.service import ChatService
 from chat2audio.settings import settings_from
 from tests.e2e.conftest import scripted_env

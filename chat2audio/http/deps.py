@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from chat2audio.http.security import require_api_key, require_same_origin
-from chat2audio.protocol import ErrorResponse
+from chat2audio.protocol.chat import ErrorResponse
 from chat2audio.service import ChatService
 
 

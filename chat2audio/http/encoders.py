@@ -1,7 +1,7 @@
 """A reply's events as bytes on the wire: a streamed WAV or compressed audio, server-sent events,
-or one WAV file.
+or one complete file.
 
-Each encoder gets the reply already opened (its ReplyStarted and first audible items, so that a
+Each encoder gets the reply already opened (its ReplyStarted and first item, so that a
 failure before any audio was still an ordinary JSON error) and the rest of the stream. Once a
 stream has started, an error is reported inside it (events) or ends it early (WAV) and the
 stream still ends cleanly.
@@ -21,16 +21,15 @@ from urllib.parse import quote
 
 import anyio
 import numpy as np
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 from sse_starlette import ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from chat2audio.audio import streaming_wav_header, to_pcm16, wav_bytes
+from chat2audio.audio import wav_bytes
 from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
 from chat2audio.http.errors import error_detail
-from chat2audio.pipeline import AudioChunk, ReplyFinished
-from chat2audio.protocol import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
+from chat2audio.pipeline import AudioChunk, ReplyFinished, ReplyItem, SentenceDone
+from chat2audio.protocol.chat import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
 from chat2audio.service import ReplyEvent, ReplyStarted
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,16 @@ MAX_TEXT_HEADER_BYTES = 1536
 
 @dataclass
 class OpenedReply:
-    """A reply whose first audible item (or its end) has arrived, and the rest of its stream."""
+    """A reply whose first item (audio, a text-only sentence, or its end) has arrived, and the
+    rest of its stream."""
 
     started: ReplyStarted
-    head: list[AudioChunk | ReplyFinished]
+    head: list[ReplyItem]
     rest: AsyncIterator[ReplyEvent]
     request_id: str
     arrived: float  # perf_counter() when the request arrived
 
-    async def items(self) -> AsyncIterator[AudioChunk | ReplyFinished]:
+    async def items(self) -> AsyncIterator[ReplyItem]:
         for item in self.head:
             yield item
         async for item in self.rest:
@@ -78,38 +78,13 @@ class AudioStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-async def open_reply(events: AsyncIterator[ReplyEvent], request: Request) -> OpenedReply:
-    """Run the reply until its first audio (or first sentence, or its end); the time its first
-    audio took since the request arrived goes to the TTFA histogram of the request's route."""
-    arrived = request.state.started
-    started: ReplyStarted | None = None
-    head: list[AudioChunk | ReplyFinished] = []
-    async for event in events:
-        if isinstance(event, ReplyStarted):
-            started = event
-            continue
-        head.append(event)
-        if isinstance(event, AudioChunk) and event.audio.size:
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            request.app.state.service.metrics.time_to_first_audio.labels(route).observe(_since(arrived))
-        if isinstance(event, ReplyFinished) or event.audio.size or event.sentence_done:
-            break
-    assert started is not None, "a reply starts with ReplyStarted"
-    return OpenedReply(started, head, events, request.state.request_id, arrived)
-
-
-async def wav_stream(reply: OpenedReply) -> AsyncIterator[bytes]:
-    """A WAV header whose sizes mean "unknown length", then PCM as it is synthesized."""
-    async with aclosing(reply.rest):
-        yield streaming_wav_header(reply.started.sample_rate)
-        try:
-            async for item in reply.items():
-                if isinstance(item, AudioChunk) and item.audio.size:
-                    yield to_pcm16(item.audio)
-        except Exception as error:
-            # Audio has started: a WAV cannot carry an error, so log it and end the stream.
-            failure = error_detail(error, reply.request_id)
-            log.error("request %s: stream ended early: %s", reply.request_id, failure.message)
+async def open_reply(events: AsyncIterator[ReplyEvent], request_id: str, arrived: float) -> OpenedReply:
+    """Run the reply until its first item after ReplyStarted: its first audio, its first sentence
+    (text only) or its end."""
+    started = await anext(events)
+    assert isinstance(started, ReplyStarted), "a reply starts with ReplyStarted"
+    head = [item] if (item := await anext(events, None)) is not None else []
+    return OpenedReply(started, head, events, request_id, arrived)  # type: ignore[arg-type]
 
 
 async def encoded_audio(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
@@ -118,7 +93,7 @@ async def encoded_audio(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIter
     try:
         async with aclosing(reply.rest):
             async for item in reply.items():
-                if isinstance(item, AudioChunk) and item.audio.size and (data := encoder.encode(item.audio)):
+                if isinstance(item, AudioChunk) and (data := encoder.encode(item.audio)):
                     yield data
             if data := encoder.finish():
                 yield data
@@ -127,8 +102,8 @@ async def encoded_audio(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIter
 
 
 async def encoded_stream(reply: OpenedReply, encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """`encoded_audio` as a plain audio stream: once audio has started an error can only end
-    the stream early (and is logged)."""
+    """`encoded_audio` as a plain audio stream (a WAV's header says "unknown length"): once
+    audio has started an error cannot be carried, so it ends the stream early and is logged."""
     try:
         async with aclosing(encoded_audio(reply, encoder)) as pieces:
             async for data in pieces:
@@ -150,7 +125,6 @@ async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
             request_id=reply.request_id, speaker=started.speaker, sample_rate=rate,
             session_id=started.session_id, transcript=started.transcript,
         ))
-        pending: list[np.ndarray] = []
         total_samples = 0
         try:
             async for item in reply.items():
@@ -159,48 +133,45 @@ async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
                         text=item.text, spoken_text=item.spoken_text, finish_reason=item.finish_reason,
                         audio_seconds=total_samples / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
                     ))
-                    continue
-                pending.append(item.audio)
-                if not item.sentence_done:
-                    continue
-                samples, pending = np.concatenate(pending), []
-                total_samples += samples.size
-                yield event(SentenceEvent(
-                    index=item.sentence_index, text=item.sentence,
-                    speech_text=item.speech if item.speech != item.sentence else None,
-                    audio_wav_base64=base64.b64encode(wav_bytes(samples, rate)).decode() if rate else None,
-                    audio_seconds=samples.size / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
-                ))
+                elif isinstance(item, SentenceDone):
+                    total_samples += item.audio.size
+                    yield event(SentenceEvent(
+                        index=item.index, text=item.text, speech_text=item.speech if item.speech != item.text else None,
+                        audio_wav_base64=base64.b64encode(wav_bytes(item.audio, rate)).decode() if rate else None,
+                        audio_seconds=item.audio.size / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
+                    ))
         except Exception as error:
             failure = error_detail(error, reply.request_id)
             yield event(ErrorEvent(error=ErrorDetail(type=failure.type, message=failure.message)))
 
 
-async def _all_of(reply: OpenedReply) -> tuple[np.ndarray, ReplyFinished]:
-    """Every sample of the reply, and its end; a failure on the way is raised (nothing was sent)."""
-    parts: list[np.ndarray] = []
+@dataclass(frozen=True)
+class WholeFile:
+    """A reply's audio as one complete file, and what was said."""
+
+    data: bytes
+    media_type: str
+    sample_rate: int
+    seconds: float
+    finished: ReplyFinished
+
+
+async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> WholeFile:
+    """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
+    ones); a failure on the way is raised (nothing was sent). The encoding runs on a worker thread."""
+    sentences: list[np.ndarray] = []
     finished: ReplyFinished | None = None
     async with aclosing(reply.rest):
         async for item in reply.items():
-            if isinstance(item, ReplyFinished):
+            if isinstance(item, SentenceDone):
+                sentences.append(item.audio)
+            elif isinstance(item, ReplyFinished):
                 finished = item
-            elif item.audio.size:
-                parts.append(item.audio)
     assert finished is not None
-    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), finished
-
-
-async def whole_wav(reply: OpenedReply) -> tuple[bytes, ReplyFinished, float]:
-    """The complete WAV, what was said, and its length in seconds."""
-    samples, finished = await _all_of(reply)
-    return wav_bytes(samples, reply.started.sample_rate), finished, samples.size / reply.started.sample_rate
-
-
-async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> tuple[bytes, str, int]:
-    """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
-    ones), its media type and its sample rate; the encoding runs on a worker thread."""
-    samples, _ = await _all_of(reply)
-    return await asyncio.to_thread(_encode_whole, samples, reply.started.sample_rate, audio_format, output_rate)
+    samples = np.concatenate(sentences) if sentences else np.zeros(0, dtype=np.float32)
+    rate = reply.started.sample_rate
+    data, media_type, output_rate = await asyncio.to_thread(_encode_whole, samples, rate, audio_format, output_rate)
+    return WholeFile(data, media_type, output_rate, samples.size / rate if rate else 0.0, finished)
 
 
 def _encode_whole(samples: np.ndarray, rate: int, audio_format: str, output_rate: int | None) -> tuple[bytes, str, int]:

@@ -18,9 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from chat2audio.errors import ServiceError, as_service_error
-from chat2audio.pipeline import ReplyTimeout
-from chat2audio.protocol import ErrorDetail, ErrorResponse
-from chat2audio.runtime.errors import EngineError
+from chat2audio.protocol.chat import ErrorDetail, ErrorResponse
+from chat2audio.runtime.errors import ReportableError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,10 @@ def _openai_type(status: int) -> str:
 def error_detail(error: BaseException, request_id: str) -> ServiceError:
     """What the client is told about `error`; logs what it is not told."""
     failure = as_service_error(error)
-    if isinstance(error, (EngineError, ReplyTimeout)):
-        log.warning("request %s failed: %s", request_id, failure.message)
-    elif not isinstance(error, ServiceError):
+    if not isinstance(error, ReportableError):
         log.error("request %s failed", request_id, exc_info=error)
+    elif not isinstance(error, ServiceError):  # an engine's failure or a timeout: worth a line in the log
+        log.warning("request %s failed: %s", request_id, failure.message)
     return failure
 
 
@@ -82,9 +81,7 @@ def allowed_methods(request: Request) -> set[str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    @app.exception_handler(EngineError)
-    @app.exception_handler(ReplyTimeout)
+    @app.exception_handler(ReportableError)
     async def _known(request: Request, error: Exception) -> JSONResponse:
         return error_response(error_detail(error, request.state.request_id), request.url.path)
 

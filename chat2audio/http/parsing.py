@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from chat2audio.errors import InvalidInput, UnsupportedMediaType
-from chat2audio.protocol import ChatOptions, ChatRequest
+from chat2audio.protocol.chat import ChatOptions, ChatRequest
 from chat2audio.service import VoiceInput
 
 NUMERIC_FORM_FIELDS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int}

@@ -8,7 +8,7 @@ from fastapi import Path, Query
 from fastapi.responses import Response
 
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.protocol import SESSION_ID_PATTERN, SessionResponse, Turn
+from chat2audio.protocol.chat import SESSION_ID_PATTERN, SessionResponse, Turn
 
 router = protected_router()
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]

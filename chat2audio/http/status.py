@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from chat2audio.errors import NoPortrait
 from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.portraits import find_portrait
-from chat2audio.protocol import ErrorResponse, HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
+from chat2audio.protocol.chat import ErrorResponse, HealthResponse, SpeakerInfo, SpeakersResponse, StatsResponse
+from llm.base import CountsGenerations
 
 router = APIRouter()
 protected = protected_router()
@@ -35,12 +36,13 @@ async def ready(service: ServiceDep) -> JSONResponse:
 @protected.get("/stats", response_model=StatsResponse)
 async def stats(service: ServiceDep) -> StatsResponse:
     """Work in progress right now: lets operators (and tests) see that nothing runs for nobody."""
+    counters = service.llm if isinstance(service.llm, CountsGenerations) else None
     return StatsResponse(
         active_replies=service.active_replies,
         admitted_requests=service.admission.admitted,
-        llm_active_generations=getattr(service.llm, "active_generations", 0),
+        llm_active_generations=counters.active_generations if counters else 0,
         sessions_in_turn=len(service.turn_order),
-        llm_tokens_generated=getattr(service.llm, "tokens_generated", 0),
+        llm_tokens_generated=counters.tokens_generated if counters else 0,
         threads=threading.active_count(),
     )
 

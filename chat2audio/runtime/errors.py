@@ -1,9 +1,16 @@
-"""The one base of every engine failure (LLM, TTS, speech-to-text)."""
+"""The one root of every failure a client may be told about, and the base of every engine
+failure (LLM, TTS, speech-to-text)."""
 
 from __future__ import annotations
 
 
-class EngineError(Exception):
+class ReportableError(Exception):
+    """A failure the client may be told about: a domain error (`chat2audio.errors.ServiceError`),
+    an engine's (`EngineError`) or a reply past its deadline (`chat2audio.pipeline.ReplyTimeout`).
+    Any other exception is a bug, answered with a generic message."""
+
+
+class EngineError(ReportableError):
     """An engine could not do its job. The message is written for the client (no internal
     detail: engines log that themselves); `status` is the HTTP status to report: < 500 when the
     input is at fault, 5xx when the engine or its upstream server is."""

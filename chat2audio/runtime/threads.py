@@ -1,8 +1,10 @@
-"""Bridge from blocking model code in a worker thread to an async iterator on the event loop."""
+"""The one bridge from blocking model code in a worker thread to an async iterator on the event
+loop: `Handover`, and `stream_from_thread` over it for a producer of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -10,8 +12,28 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_DONE = object()
+END = object()  # the last item a worker thread hands over
 Producer = Callable[[Callable[[T], bool], threading.Event], None]
+
+
+class Handover:
+    """What worker threads hand to one reader on the event loop, in order: items, at most one
+    exception (raised in the reader), then END."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def send(self, item: object) -> None:
+        """From any thread; nothing happens once the reader's loop has closed."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def items(self) -> AsyncIterator:
+        while (item := await self._queue.get()) is not END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 # Generous on purpose: a paused producer keeps its worker thread (and, for a one-thread model, every
@@ -31,8 +53,7 @@ async def stream_from_thread(
     (or its task is cancelled), the iterator returns only after the producer has finished:
     no model work outlives the request that asked for it.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    handover = Handover()
     cancelled = threading.Event()
     credits = threading.Semaphore(max_buffered)
 
@@ -42,25 +63,20 @@ async def stream_from_thread(
                 return False
         if cancelled.is_set():
             return False
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        handover.send(item)
         return True
 
     def run() -> None:
         try:
             produce(emit, cancelled)
         except BaseException as error:  # handed to the consumer, re-raised there
-            loop.call_soon_threadsafe(queue.put_nowait, _Failure(error))
+            handover.send(error)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            handover.send(END)
 
     job = executor.submit(run)
     try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                break
-            if isinstance(item, _Failure):
-                raise item.error
+        async for item in handover.items():
             credits.release()
             yield item
     finally:
@@ -70,7 +86,3 @@ async def stream_from_thread(
         if not job.cancel():
             await asyncio.shield(asyncio.wrap_future(job))
 
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error

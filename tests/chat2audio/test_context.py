@@ -11,7 +11,7 @@ import pytest
 
 from chat2audio.context import estimate_tokens, fit_history
 from chat2audio.errors import InvalidInput
-from chat2audio.protocol import ChatOptions
+from chat2audio.protocol.chat import ChatOptions
 from llm.base import ChatMessage
 from tests.inprocess import scripted_service
 from tests.loop_watch import loop_gaps
@@ -64,7 +64,8 @@ def test_the_fitted_prompt_is_the_newest_that_fits_even_when_single_counts_are_o
 async def test_fitting_a_long_conversation_leaves_the_event_loop_free(tmp_path):
     async with scripted_service(tmp_path, llm_context_tokens="4096", llm_max_new_tokens="160") as service:
         counter = RenderCounter(delay_per_message_s=0.002)  # a slow tokenizer: ~1 s for this chat
-        service.llm.count_tokens = counter
+        # The scripted LLM given the CountsTokens capability (llm/base.py), with a slow counter.
+        service.llm.count_tokens, service.llm.context_tokens, service.llm.counts_exactly = counter, None, True
         messages = [*chat(200), ChatMessage("user", "And now?")]
         options = ChatOptions(speaker="Low", format="text")
         async with loop_gaps() as gaps:

@@ -32,6 +32,9 @@ class BrokenStore:
     async def forget(self, session_id):
         return 0
 
+    async def close(self):
+        pass
+
 
 async def test_a_store_failing_to_remember_does_not_fail_the_delivered_reply(tmp_path, caplog):
     async with scripted_service(tmp_path) as service:

@@ -10,7 +10,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
-from chat2audio.pipeline import AudioChunk, ReplyFinished, speak_reply
+from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone, Staging, speak_reply
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece
 from llm.scripted import ScriptedLLM
 from tts.scripted import SAMPLE_RATE, ScriptedTTS, ToneVoice
@@ -23,20 +23,21 @@ def run(llm, tts, text=SCRIPT, options=GenerationOptions(), **kwargs):
     return speak_reply(llm, tts, ToneVoice(), [ChatMessage("user", text)], options, **kwargs)
 
 
-async def whole(stream) -> tuple[list[AudioChunk], ReplyFinished]:
-    """Every chunk, and the ReplyFinished that must come last."""
+async def whole(stream) -> tuple[list[AudioChunk | SentenceDone], ReplyFinished]:
+    """Every audio chunk and sentence, and the ReplyFinished that must come last."""
     items = [item async for item in stream]
     *chunks, finished = items
-    assert isinstance(finished, ReplyFinished) and all(isinstance(c, AudioChunk) for c in chunks)
+    assert isinstance(finished, ReplyFinished) and all(isinstance(c, AudioChunk | SentenceDone) for c in chunks)
     return chunks, finished
 
 
 async def test_sentences_are_spoken_in_order_with_their_full_audio():
     tts = ScriptedTTS(rtf=0.0)
     chunks, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), tts))
-    done = [c for c in chunks if c.sentence_done]
-    assert [c.sentence for c in done] == SENTENCES
-    audio = np.concatenate([c.audio for c in chunks])
+    done = [c for c in chunks if isinstance(c, SentenceDone)]
+    assert [c.text for c in done] == SENTENCES
+    audio = np.concatenate([c.audio for c in chunks if isinstance(c, AudioChunk)])
+    assert np.array_equal(np.concatenate([c.audio for c in done]), audio)  # each sentence carries its chunks
     assert audio.size == sum(int(tts.duration_s(s) * SAMPLE_RATE) for s in SENTENCES)
     assert reply.raw_text == SCRIPT and list(reply.spoken) == SENTENCES and reply.finish_reason == "stop"
 
@@ -108,8 +109,8 @@ async def test_llm_failure_reaches_the_consumer_after_what_was_already_said():
     with pytest.raises(LLMError, match="upstream went away"):
         async for chunk in run(FailingLLM(), ScriptedTTS(rtf=0.0)):
             seen.append(chunk)
-    assert [c.sentence for c in seen if c.sentence_done] == ["First sentence is fine."]
-    assert seen[-1].sentence_done
+    assert [c.text for c in seen if isinstance(c, SentenceDone)] == ["First sentence is fine."]
+    assert isinstance(seen[-1], SentenceDone)
 
 
 async def test_reply_text_is_cut_to_whole_sentences_when_tokens_ran_out():
@@ -130,9 +131,17 @@ async def test_a_listener_about_to_run_dry_gets_the_sentence_being_written_cut_a
     spoken = {}
     for by_deadline in (True, False):
         llm = ScriptedLLM(token_delay_s=0.12, first_token_delay_s=0.0)
-        chunks, reply = await whole(run(llm, ScriptedTTS(rtf=0.0), text=SLOW_SCRIPT, by_deadline=by_deadline))
+        chunks, reply = await whole(run(llm, ScriptedTTS(rtf=0.0), text=SLOW_SCRIPT, staging=Staging(by_deadline=by_deadline)))
         spoken[by_deadline] = list(reply.spoken)
         assert " ".join(reply.spoken) == SLOW_SCRIPT  # nothing lost or repeated either way
     assert spoken[False] == ["Hello there.", SLOW_SCRIPT.removeprefix("Hello there. ")]
     # About to run dry: cut at the comma written so far. Once dry with no comma in sight: at a word.
     assert spoken[True][:2] == ["Hello there.", "The lanterns,"] and len(spoken[True]) > 3
+
+
+async def test_sentences_with_their_separators_make_the_spoken_text():
+    # A chat-completions stream sends each sentence as `separator + text`; joined, they must be the reply.
+    for script in (SCRIPT, "你好。今天天气很好! Shall we go out? 好的。"):
+        chunks, reply = await whole(run(ScriptedLLM(token_delay_s=0.0), ScriptedTTS(rtf=0.0), text=script))
+        done = [c for c in chunks if isinstance(c, SentenceDone)]
+        assert len(done) > 2 and "".join(c.separator + c.text for c in done) == reply.spoken_text

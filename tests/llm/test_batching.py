@@ -229,7 +229,7 @@ def _record_forward_passes(backend: TransformersBackend) -> _ForwardPasses:
 
 def test_plan_groups_newcomers_where_that_saves_prompt_tokens():
     def newcomer(prompt: list[int]):
-        return batching._Reply([], GREEDY, None, None, prompt=prompt)  # type: ignore[arg-type]
+        return batching._Reply([], GREEDY, None, prompt=prompt)  # type: ignore[arg-type]
 
     persona = list(range(100, 160))
     captain_a, captain_b = newcomer(persona + [1, 2, 3]), newcomer(persona + [4, 5, 6, 7, 8])
@@ -260,7 +260,7 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p_without_sorting_the_vocab
 def test_sampling_applies_each_rows_own_repetition_penalty():
     def row(penalty: float, prompt: list[int]):
         options = GenerationOptions(temperature=0.0, repetition_penalty=penalty)
-        return batching._Reply([], options, None, None, prompt=prompt)  # type: ignore[arg-type]
+        return batching._Reply([], options, None, prompt=prompt)  # type: ignore[arg-type]
 
     # Token 0 leads by a little; a penalty on it (seen in the prompt) lets token 1 win.
     logits = torch.tensor([[2.0, 1.9, -1.0], [2.0, 1.9, -1.0], [2.0, 1.9, -1.0], [-2.0, -2.1, -5.0]])

@@ -60,7 +60,7 @@ async def test_a_top_p_that_keeps_no_token_keeps_the_most_likely_one(model_dir, 
 
 
 def _row(options: GenerationOptions) -> batching._Reply:
-    return batching._Reply([], options, None, None, prompt=[1])  # type: ignore[arg-type]
+    return batching._Reply([], options, None, prompt=[1])  # type: ignore[arg-type]
 
 
 def test_a_row_without_a_usable_score_fails_alone():

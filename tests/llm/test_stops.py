@@ -50,3 +50,24 @@ def test_a_very_long_stop_string_holds_back_only_what_it_could_start():
     text = ["a" * 1000] * 50 + ["c"]  # 50,000 characters that all could start it, then not
     out, stopped = released(text, [stop])
     assert out[:-1] == [""] * 50 and out[-1] == "a" * 50_000 + "c" and not stopped
+
+
+def test_reply_text_sends_whole_characters_as_their_tokens_arrive(model_dir):
+    from transformers import AutoTokenizer
+
+    from llm.stops import ReplyText
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = "Ahoy, 水手！😀 The ship <|end|> waits."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+
+    class Slow:  # a tokenizer without a `tokenizers` backend: the reply is decoded again per token
+        decode = tokenizer.decode
+
+    for decoding in (tokenizer, Slow()):
+        reply = ReplyText(decoding, ["<|end|>"])
+        pieces = [reply.add([token]) for token in ids] + [reply.add([], last=True)]
+        assert "".join(pieces) == "Ahoy, 水手！😀 The ship " and reply.stopped
+        assert not any("\ufffd" in piece for piece in pieces)  # a character's bytes wait for each other
+        everything = ReplyText(decoding, [])
+        assert "".join(everything.add([token]) for token in ids) + everything.add([], last=True) == text

@@ -38,6 +38,7 @@ from typing import Any
 
 from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.cores import CoreShare
+from chat2audio.runtime.threads import END
 from tts.base import TTSError
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
 from tts.gpt_sovits.decode_step import decode_next_token as decode_on_cpu
@@ -47,8 +48,6 @@ from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice
 
 log = logging.getLogger(__name__)
-
-END = object()  # sent after a sentence's last chunk (or its error)
 
 FAILED = "GPT-SoVITS synthesis failed; see the server log"  # what clients hear of an unexpected error
 SUPPRESS_EOS_STEPS = 10  # gsv_tts' GPT may not end a sentence in its first 10 tokens

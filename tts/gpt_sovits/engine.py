@@ -21,10 +21,11 @@ from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.devices import DeviceUnavailable, resolve_device
 from chat2audio.runtime.scheduling import DeadlineExecutor, current_deadline
 from chat2audio.runtime.text import is_speakable
+from chat2audio.runtime.threads import Handover
 from tts.base import TTSError, VoiceParams
 from tts.gpt_sovits.base_models import base_model_problems
 from tts.gpt_sovits.cache import VoiceCache
-from tts.gpt_sovits.batching import END, ChunkSchedule, Sentence, SentenceBatcher
+from tts.gpt_sovits.batching import ChunkSchedule, Sentence, SentenceBatcher
 from tts.gpt_sovits.guard import GenerationGuard
 from tts.gpt_sovits.precision import PrecisionPlan, PrecisionUnavailable, convert_bert, plan_precision
 from tts.gpt_sovits.process import prepare_process_for_gsv_tts
@@ -145,19 +146,11 @@ class GPTSoVITSEngine:
                 f"sentence too long for GPT-SoVITS ({len(text)} characters; at most {MAX_SENTENCE_CHARS})", status=422
             )
 
-        loop = asyncio.get_running_loop()
-        received: asyncio.Queue = asyncio.Queue()
-
-        def send(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the requester's loop has closed
-                loop.call_soon_threadsafe(received.put_nowait, item)
-
-        sentence = Sentence(text.strip(), voice, streaming, current_deadline(), send)
+        received = Handover()
+        sentence = Sentence(text.strip(), voice, streaming, current_deadline(), received.send)
         self._batcher.submit(sentence)
         try:
-            while (item := await received.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in received.items():
                 yield item
         finally:
             sentence.cancelled.set()  # it leaves the batch at the next step

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from chat2audio.http.app import create_app
-from chat2audio.protocol import ChatOptions
+from chat2audio.protocol.chat import ChatOptions
 from chat2audio.settings import settings_from
 from llm.base import GenerationOptions
 from llm.scripted import ScriptedLLM

@@ -1,4 +1,5 @@
-"""The wire protocol: every request, response, error and stream event, shared by both apps."""
+"""chat2audio's own wire protocol: every request, response, error and stream event of its own
+routes, shared by both apps."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ class HealthResponse(BaseModel):
 class StatsResponse(BaseModel):
     active_replies: int = Field(description="Replies being generated or spoken now.")
     admitted_requests: int = Field(description="Requests running or waiting for a slot.")
-    llm_active_generations: int = Field(description="LLM generations running now (in-process backends).")
+    llm_active_generations: int = Field(description="LLM generations running now (streams open, for a remote server).")
     sessions_in_turn: int = Field(0, description="Conversations with a turn running or waiting.")
     llm_tokens_generated: int = Field(0, description="Tokens the LLM generated since start-up (a counter).")
     threads: int
