@@ -40,7 +40,8 @@ function speakerLabel(id) {
   return info ? characterName(info) : id;
 }
 
-/** Talk to `id` from now on: its history, its voice (or text only if it has none). */
+/** Talk to `id` from now on: its history, its voice (or text only if it has none). Resolves once
+ * its history is shown (at once if it was selected already). */
 function selectCharacter(id, { focus = false } = {}) {
   const info = picker.info(id);
   const state = characterState(info);
@@ -62,7 +63,7 @@ function selectCharacter(id, { focus = false } = {}) {
   exchanges.stop();
   conversation.clear();
   setStatus(voiceless ? `${name} cannot speak on this server, so its replies come as text. Why: ${info.reason}` : '');
-  showHistory(id);
+  return showHistory(id);
 }
 
 async function showHistory(speaker) {
@@ -106,7 +107,7 @@ async function loadSpeakers() {
     const speaking = list.filter((info) => info.available).map((info) => info.id);
     const choice = talking.includes(saved) ? saved : speaking[0] || talking[0];
     if (choice) {
-      selectCharacter(choice);
+      await selectCharacter(choice); // the page turns idle with the conversation on screen
       if (!speaking.length) setStatus('No character can speak on this server yet: each card says why.', true);
     } else {
       els.current.textContent = '';

@@ -251,11 +251,17 @@ try {
       .map((r) => JSON.parse(r.json))
       .filter((body) => body.speaker === options.speaker)
       .map((body) => body.session_id);
-    // A reload shows the conversation again, from the server's memory of the session.
+    // A reload shows the conversation again, from the server's memory of the session, and the page
+    // turns idle only once it is shown, however slowly the server answers (delayed here).
+    const slowHistory = async (route) => {
+      if (route.request().method() === 'GET') await new Promise((resolve) => setTimeout(resolve, 500));
+      await route.continue().catch(() => {}); // unrouted meanwhile: Playwright let it through
+    };
+    await page.route('**/sessions/*', slowHistory);
     await page.reload();
     await page.waitForFunction(() => window.chat2audioDebug.state === 'idle', null, { timeout: options.timeoutMs });
-    // (the page shows the history before it turns idle)
     const restored = await page_.bubbles(page);
+    await page.unroute('**/sessions/*', slowHistory);
     await page.click('#new-conversation');
     await page.waitForFunction(
       (old) => window.__sent.some((r) => r.method === 'DELETE' && r.url.includes(`/sessions/${old}`)), sessionId,
