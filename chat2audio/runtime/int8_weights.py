@@ -88,10 +88,12 @@ def int8_linear_class() -> type:
                 out = torch._weight_int8pack_mm(rows, self.weight, self.scales)
             else:
                 out = torch.nn.functional.linear(rows, self.dense_weight)
-            if self.bias is not None and self.bias.dtype == x.dtype:
+            if self.bias is None:
+                out = out.to(x.dtype)
+            elif self.bias.dtype == x.dtype:
                 out = torch.add(self.bias, out)  # back to x's dtype in the addition: one operation, not two
             else:
-                out = out.to(x.dtype) if self.bias is None else out.to(x.dtype) + self.bias
+                out = out.to(x.dtype) + self.bias
             return out.reshape(*x.shape[:-1], self.out_features)
 
     return Int8Linear

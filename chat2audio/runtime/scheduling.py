@@ -53,7 +53,7 @@ class DeadlineExecutor(Executor):
     def __init__(self, thread_name: str) -> None:
         self._jobs: list[tuple[float, int, Future, Callable[[], Any]]] = []
         self._order = itertools.count()
-        self._ready = threading.Condition()
+        self._lock = threading.Lock()  # guards the jobs and the thread
         self._closed = False
         self._thread_name = thread_name
         self._thread: threading.Thread | None = None  # while there are jobs
@@ -61,7 +61,7 @@ class DeadlineExecutor(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         due = current_deadline()
         future: Future = Future()
-        with self._ready:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new jobs after shutdown")
             heapq.heappush(self._jobs, (due, next(self._order), future, lambda: fn(*args, **kwargs)))
@@ -71,7 +71,7 @@ class DeadlineExecutor(Executor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._ready:
+        with self._lock:
             self._closed = True
             if cancel_futures:
                 for _, _, future, _ in self._jobs:
@@ -83,7 +83,7 @@ class DeadlineExecutor(Executor):
 
     def _work(self) -> None:
         while True:
-            with self._ready:
+            with self._lock:
                 if not self._jobs:
                     self._thread = None  # the next job starts a new thread
                     return
