@@ -376,7 +376,6 @@ async def run_full_voice(
     """The profile's section: per sentence in-process (ours per precision, then the anchors), then
     N concurrent streams through the stream app. Each part is also handed to `emit` once measured,
     so a run cut short still shows what it measured."""
-    from tts.gpt_sovits import GPTSoVITSEngine
 
     parts = []
 
