@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         description="GPT-SoVITS weights' precision: auto = the fastest faithful one the device supports "
         "(CUDA: fp16; CPU with AVX512-BF16 or AMX: int8 GPT decode, bf16 BERT and vocoder; other CPUs: fp32)",
     )
+    tts_chunk_pacing: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="GPT-SoVITS streamed chunks: adaptive = sized by the engine's measured speed and the listener's "
+        "buffer (no running dry on a slower or busy machine); fixed = always the same chunk ends, so the same "
+        "request gives the same samples (but a machine slower than a 2-core Zen 4 may run dry)",
+    )
     torch_threads: int | None = Field(
         None, ge=1,
         description="intra-op threads of each in-process torch engine (the LLM, GPT-SoVITS). Unset: every core "

@@ -126,6 +126,7 @@ def _gpt_sovits(settings: Settings) -> TTSEngine:
         **budget,
         models_dir=settings.models_dir, device=settings.device, cache_size=settings.tts_cache_size,
         max_batch=settings.tts_batch_size, precision=settings.tts_precision, cores=settings.core_share(),
+        adaptive_chunks=settings.tts_chunk_pacing == "adaptive",
     )
 
 

@@ -37,7 +37,9 @@ def models_dir(tiny_gsv_models_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("gsv-api")
-    env = tiny_voices_env(root, models_dir)
+    # Fixed chunk ends: these tests compare two requests' audio sample for sample, and adaptive
+    # chunks (the default) end where each request's timing says.
+    env = {**tiny_voices_env(root, models_dir), "CHAT2AUDIO_TTS_CHUNK_PACING": "fixed"}
     with running_server("app_stream", env, root / "server.log") as running:
         yield running
 

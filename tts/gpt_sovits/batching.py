@@ -9,7 +9,8 @@ settings; only the GPT's matrix products are shared, so voices never mix, and wi
 sampling a sentence comes out as it does alone.
 
 The SoVITS vocoder is not autoregressive and runs per sentence between steps, most urgent first: a
-streamed sentence's chunks as its `ChunkSchedule` says, or a whole sentence when its GPT pass ends.
+streamed sentence's chunks when its `ChunkPacer` says (as late as its listener allows), or a whole
+sentence when its GPT pass ends.
 
 Sentences wait in deadline order (`speaking_by`): the most urgent joins first. A batch holds one
 GPT's sentences (each character usually has its own fine-tuned GPT); when several GPTs have
@@ -29,8 +30,8 @@ import functools
 import heapq
 import itertools
 import logging
-import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from tts.base import TTSError
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
 from tts.gpt_sovits.decode_step import decode_next_token as decode_on_cpu
 from tts.gpt_sovits.guard import GenerationGuard
+from tts.gpt_sovits.pacing import OVERLAP_TOKENS, TOKEN_AUDIO_S, ChunkPacer, Playback
 from tts.gpt_sovits.precision import kv_cache_dtype
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 
 FAILED = "GPT-SoVITS synthesis failed; see the server log"  # what clients hear of an unexpected error
 SUPPRESS_EOS_STEPS = 10  # gsv_tts' GPT may not end a sentence in its first 10 tokens
-OVERLAP_TOKENS = 5  # streamed chunks overlap by this many tokens, cross-faded (gsv_tts' default)
 PAUSE_AFTER_S = 0.2  # silence after each sentence, longer after a full stop (as gsv_tts does)
 PAUSE_SCALE = {"…": 2.0, ".": 1.5, "。": 1.5, "?": 1.5, "？": 1.5, "!": 1.5, "！": 1.5}
 ATTENTION_STEP = 64  # attention reads the KV cache up to the longest row, rounded up to this
@@ -81,50 +82,11 @@ class Sentence:
     stream: _StreamState | None = None
 
 
-@dataclass(frozen=True)
-class ChunkSchedule:
-    """Where a streamed sentence's chunks end, and when each is vocoded.
-
-    The first chunk is small and vocoded the moment its tokens exist: time to first audio is the
-    prompt plus `first` GPT steps, not a second of speech (gsv_tts' 25 tokens). Each chunk's last
-    `OVERLAP_TOKENS` are held back and cross-faded into the next (SOLA, so joins do not click), so
-    the first chunk plays only `first - 5` tokens, and every chunk must be ready before the
-    listener has played what came before. At a real voice's CPU speed (a token costs ~0.65 of the
-    40 ms it plays) that allows growth of about 1.4× per chunk at first, and more as the listener's
-    buffer fills: the chunks ramp up (`ramp`), then grow by `growth` from `size` up to `largest`.
-    Every chunk costs the vocoder its overlap again and its text encoder a pass over the whole
-    sentence so far, so fewer, longer chunks cost less. Chunks past the ramp are vocoded
-    `lookahead` tokens after their end, so their last frames are decoded with what follows them.
-    """
-
-    first: int = 12
-    ramp: tuple[int, ...] = (10, 14, 20)
-    size: int = 25
-    growth: float = 1.25
-    largest: int = 100
-    lookahead: int = 5
-
-    def end(self, chunk: int) -> int:
-        """Where chunk number `chunk` (0, 1, ...) ends, in tokens."""
-        sizes = (self.first, *self.ramp)
-        if chunk < len(sizes):
-            return sum(sizes[: chunk + 1])
-        end, size = sum(sizes), self.size
-        for _ in range(chunk - len(sizes) + 1):
-            end += size
-            size = min(self.largest, math.ceil(size * self.growth))
-        return end
-
-    def vocode_at(self, chunk: int) -> int:
-        """How many tokens must exist before chunk number `chunk` is vocoded."""
-        return self.end(chunk) + (0 if chunk <= len(self.ramp) else self.lookahead)
-
-
 @dataclass
 class _StreamState:
     """Where a streamed sentence's vocoding stands between chunks."""
 
-    chunks: int = 0  # chunks vocoded so far
+    playback: Playback  # what its listener has heard, and when
     valid_start: int = 0
     y_overlap: Any = None  # the SoVITS encoder's overlap (gsv_tts keeps it on the model: one per sentence here)
     audio_overlap: Any = None  # the end of the last chunk; None until the first is vocoded
@@ -201,11 +163,13 @@ class SentenceBatcher:
         stats: EngineStats,
         max_batch: int,
         max_context: int,
-        chunks: ChunkSchedule,
+        chunks: ChunkPacer,
         cores: CoreShare,
     ) -> None:
         self.worker, self.cache, self.guard, self.stats, self.cores = worker, cache, guard, stats, cores
-        self.max_batch, self.max_context, self.chunks = max_batch, max_context, chunks
+        self.max_batch, self.max_context = max_batch, max_context
+        self.pacer = chunks
+        self._vocoder_s: dict[Sentence, float] = {}  # each row's own vocoding in this pass of the loop
         self.batches: dict[str, _Batch] = {}  # by GPT weights
         self._waiting: list[tuple[float, int, Sentence]] = []
         self._order = itertools.count()
@@ -286,6 +250,8 @@ class SentenceBatcher:
                         return
                 with self.cores.computing():
                     self._admit()
+                stepping, stepped_at = self.rows, time.monotonic()
+                self._vocoder_s = {}
                 for key, batch in list(self.batches.items()):
                     try:
                         with self.cores.computing():
@@ -297,6 +263,14 @@ class SentenceBatcher:
                         batch.rows = []
                     if not batch.rows:
                         del self.batches[key]  # its KV cache goes with it
+                self._observe_token_wait(stepping, time.monotonic() - stepped_at)
+
+    def _observe_token_wait(self, rows: list[Sentence], seconds: float) -> None:
+        """Tell the pacer how long the rows waited for their token in this pass of the loop: the
+        steps of every batch and the other rows' vocoding (a row's own is the vocoder's cost)."""
+        if rows:
+            waits = [seconds - self._vocoder_s.get(row, 0.0) for row in rows]
+            self.pacer.pace.observe_token(sum(waits) / len(waits))
 
     def _admit(self) -> None:
         """Let waiting sentences join their GPT's batch, most urgent first, up to `max_batch` in all."""
@@ -328,6 +302,7 @@ class SentenceBatcher:
         tts, voice = self.cache.tts, sentence.voice
         sentence.holds.enter_context(self.cache.holding(voice))  # preparing another voice must not evict it
         prepared = sentence.prepared = self.cache.prepare(voice)
+        began = time.monotonic()  # the prefill, past loading the voice
         reference = tts.prompt_audio_cache[prepared.key]
         text = sentence.text if tts._check_pause(sentence.text) else sentence.text + "."
         with self.stats.timing("text"):
@@ -341,7 +316,7 @@ class SentenceBatcher:
         sentence.phones = torch.LongTensor(phones).to(device).unsqueeze(0)
         sentence.text_phones = x.shape[1]
         if sentence.streaming:
-            sentence.stream = _StreamState()
+            sentence.stream = _StreamState(Playback(sentence.deadline, TOKEN_AUDIO_S / voice.speed_factor))
 
         t2s = tts.gpt_models[prepared.gpt_key].t2s_model
         batch = self.batches.get(prepared.gpt_key)
@@ -367,6 +342,7 @@ class SentenceBatcher:
         sentence.tokens = [int(first)]
         sentence.next_input = batch.embed(first, batch.lengths[here] - sentence.text_phones)
         batch.rows.append(sentence)
+        self.pacer.pace.observe_prefill(time.monotonic() - began)
 
     def _step(self, batch: _Batch) -> None:
         """One GPT step for every row of a batch, then the vocoding it made ready, most urgent first."""
@@ -386,8 +362,8 @@ class SentenceBatcher:
             )  # advances `lengths` in place
             logits = t2s.ar_predict_layer(out[:, -1])
 
-        vocoding: list[tuple[Sentence, int, bool]] = []
-        samples = []
+        vocoding: list[tuple[Sentence, int, int, bool]] = []  # (sentence, from token, to token, final)
+        samples, now = [], time.monotonic()
         for row, row_logits in zip(rows, logits.split(1)):
             if row.cancelled.is_set():
                 samples.append(row_logits.new_zeros((1, 1), dtype=torch.long))
@@ -397,25 +373,35 @@ class SentenceBatcher:
             token = sample(row_logits, row.history, **_sampling(row.voice))[0]
             samples.append(token)
             if int(token) == t2s.EOS or len(row.tokens) >= row.limit:
-                vocoding.append((row, len(row.tokens), True))
+                vocoding.append((row, row.stream.playback.end if row.stream else 0, len(row.tokens), True))
                 continue
             row.tokens.append(int(token))
             row.history = torch.cat([row.history, token], dim=1)
-            if row.stream is not None and len(row.tokens) == self.chunks.vocode_at(row.stream.chunks):
-                vocoding.append((row, self.chunks.end(row.stream.chunks), False))
-                row.stream.chunks += 1
+            if row.stream is not None:
+                end = self.pacer.chunk_end(row.stream.playback, len(row.tokens), now, waiting=len(self._waiting))
+                if end is not None:
+                    vocoding.append((row, row.stream.playback.end, end, False))
+                    row.stream.playback.vocoded(end)
         inputs = batch.embed(torch.cat(samples), lengths - torch.tensor([row.text_phones for row in rows], device=lengths.device))
         for row, row_input in zip(rows, inputs.split(1)):
             row.next_input = row_input
 
-        for row, tokens, final in sorted(vocoding, key=lambda job: job[0].deadline):
+        for row, start, tokens, final in sorted(vocoding, key=lambda job: job[0].deadline):
             if row.cancelled.is_set():
                 continue
+            began = time.monotonic()
             with self.stats.timing("vocoder"):
                 audio = self._vocode(row, tokens, final)
-            self.stats.vocoded_audio_s += audio.size / self.cache.tts.samplerate
+            seconds = time.monotonic() - began
+            self._vocoder_s[row] = self._vocoder_s.get(row, 0.0) + seconds
+            if row.stream is not None:
+                self.pacer.pace.observe_vocoder(seconds, tokens - start + (OVERLAP_TOKENS if start else 0))
+            audio_s = audio.size / self.cache.tts.samplerate
+            self.stats.vocoded_audio_s += audio_s
             if audio.size:
                 row.send(audio)
+                if row.stream is not None:
+                    row.stream.playback.sent(time.monotonic(), audio_s)
             if final:
                 self.stats.completed += 1
                 self.stats.tokens_last = len(row.tokens)

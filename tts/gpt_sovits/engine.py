@@ -25,8 +25,9 @@ from chat2audio.runtime.threads import Handover
 from tts.base import TTSError, VoiceParams
 from tts.gpt_sovits.base_models import base_model_problems
 from tts.gpt_sovits.cache import VoiceCache
-from tts.gpt_sovits.batching import ChunkSchedule, Sentence, SentenceBatcher
+from tts.gpt_sovits.batching import Sentence, SentenceBatcher
 from tts.gpt_sovits.guard import GenerationGuard
+from tts.gpt_sovits.pacing import ChunkPacer, ChunkSchedule
 from tts.gpt_sovits.precision import PrecisionPlan, PrecisionUnavailable, convert_bert, plan_precision
 from tts.gpt_sovits.process import prepare_process_for_gsv_tts
 from tts.gpt_sovits.stats import EngineStats
@@ -61,12 +62,15 @@ class GPTSoVITSEngine:
         max_context: int = 1024,
         first_chunk_tokens: int = 12,
         stream_chunk_tokens: int = 25,
+        adaptive_chunks: bool = True,
         max_batch: int = 8,
         precision: str = "auto",
         cores: CoreShare | None = None,
     ) -> None:
         """`min_tokens + tokens_per_phone × phonemes` bounds each sentence's GPT tokens (25 = 1 s of
         speech; real speech is ~3 per phoneme), and `max_context` the prompt plus generation.
+        `adaptive_chunks`: a streamed sentence's chunks are paced by its listener's buffer
+        (`pacing.py`); without, they always end at the same tokens (reproducible samples).
         `cores` is shared with the other in-process torch engines (the LLM), so that computing at
         the same time they split the cores instead of oversubscribing them."""
         self.models_dir = Path(models_dir)
@@ -86,7 +90,7 @@ class GPTSoVITSEngine:
             stats=self.stats,
             max_batch=max_batch,
             max_context=max_context,
-            chunks=self.chunks,
+            chunks=ChunkPacer(self.chunks, adaptive=adaptive_chunks),
             cores=cores or CoreShare(),
         )
         self._tts: Any = None

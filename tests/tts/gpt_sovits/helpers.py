@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
+from chat2audio.runtime.scheduling import speaking_by
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS
 
 SHORT, LONG = SPOKEN_TEXTS[0], SPOKEN_TEXTS[2]
@@ -13,6 +18,15 @@ DETERMINISTIC = {"top_k": 1, "noise_scale": 0.0}
 
 async def collect(engine, text, voice, *, streaming=False) -> list[np.ndarray]:
     return [chunk async for chunk in engine.synthesize(text, voice, streaming=streaming)]
+
+
+@contextmanager
+def unhurried() -> Iterator[None]:
+    """Syntheses started here are for listeners with an hour of audio still to play: the pacer
+    never vocodes a chunk early, so a streamed sentence's chunks end where the schedule says, and
+    two runs can be compared sample for sample however busy the machine."""
+    with speaking_by(time.monotonic() + 3600):
+        yield
 
 
 def joined(chunks: list[np.ndarray]) -> np.ndarray:

@@ -18,6 +18,7 @@ from tests.tts.gpt_sovits.helpers import (
     collect,
     joined,
     summation_noise,
+    unhurried,
 )
 from tts.base import HoldsVoices, TTSEngine, TTSError
 from tts.gpt_sovits import GPTSoVITSEngine
@@ -137,8 +138,9 @@ async def test_speakers_stay_isolated_under_interleaving(gsv_engine):
         (name, text, streaming) for text in (SHORT, SPOKEN_TEXTS[1]) for streaming in (False, True) for name in voices
     ]
     alone = {}
-    for name, text, streaming in jobs:
-        alone[name, text, streaming] = joined(await collect(gsv_engine, text, voices[name], streaming=streaming))
+    with unhurried():
+        for name, text, streaming in jobs:
+            alone[name, text, streaming] = joined(await collect(gsv_engine, text, voices[name], streaming=streaming))
     assert not np.array_equal(alone["TinyA", SHORT, False][:1000], alone["TinyB", SHORT, False][:1000])
 
     # All at once, A and B alternating: every request must get its own voice's audio. Concurrent
@@ -146,9 +148,10 @@ async def test_speakers_stay_isolated_under_interleaving(gsv_engine):
     # 64; the voices are over 12,000 apart.
     rounding = max(64 / 32768, summation_noise(gsv_engine))
     assert np.abs(alone["TinyA", SHORT, False][:1000] - alone["TinyB", SHORT, False][:1000]).max() > 800 / 32768
-    together = await asyncio.gather(
-        *(collect(gsv_engine, text, voices[name], streaming=streaming) for name, text, streaming in jobs)
-    )
+    with unhurried():
+        together = await asyncio.gather(
+            *(collect(gsv_engine, text, voices[name], streaming=streaming) for name, text, streaming in jobs)
+        )
     for (name, text, streaming), chunks in zip(jobs, together):
         np.testing.assert_allclose(
             joined(chunks), alone[name, text, streaming], rtol=0, atol=rounding, err_msg=f"{name} {streaming}"
