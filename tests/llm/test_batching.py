@@ -1,7 +1,8 @@
 """Continuous batching on the tiny Qwen2 (real transformers model, random weights): replies that
 run together are token for token what transformers' own `generate()` makes for each alone, join
-and leave at any step, keep their own settings, and a hung-up reply frees its slot at the next step. Newcomers are prefilled
-together, a prompt prefix they share (or that a running reply holds) computed once."""
+and leave at any step, keep their own settings, and a hung-up reply frees its slot at the next
+step. Newcomers are prefilled together, a prompt prefix they share (or that a running reply holds)
+computed once."""
 
 from __future__ import annotations
 
