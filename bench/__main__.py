@@ -109,20 +109,22 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
     return "\n".join(out) + "\n"
 
 
-# The path before batching and deadline scheduling, kept selectable so the comparison can be re-run.
-SERIAL_ENV = {
+# The baseline: one reply at a time (a batch of one for the LLM and for GPT-SoVITS, sentences first come
+# first served), as before batching and deadline scheduling.
+ONE_AT_A_TIME_ENV = {
     "CHAT2AUDIO_LLM_MAX_BATCH": "1", "CHAT2AUDIO_TTS_MAX_BATCH": "1", "CHAT2AUDIO_TESTING__TTS_SCHEDULING": "fifo",
 }
 STAGGER_S = 0.5
 
 
 async def concurrency_section(profile: Profile, env: dict, workdir: Path, concurrency: list[int], ours) -> str:
-    """N streams at once and one every STAGGER_S, on this server and on the serial path."""
+    """N streams at once and one every STAGGER_S, on this server and one reply at a time."""
     rows = []
-    with running_server("app_stream", {**env, **SERIAL_ENV}, workdir / f"{profile.name}-serial.log") as serial:
-        listen(serial.base_url, profile.request(profile.prompts[0][1]))  # warm-up, as for ours
+    baseline_log = workdir / f"{profile.name}-one-at-a-time.log"
+    with running_server("app_stream", {**env, **ONE_AT_A_TIME_ENV}, baseline_log) as one_at_a_time:
+        listen(one_at_a_time.base_url, profile.request(profile.prompts[0][1]))  # warm-up, as for ours
         body = profile.request(profile.concurrency_prompt)
-        for label, server in (("serial (before)", serial), ("batched + deadlines", ours)):
+        for label, server in (("one reply at a time (max_batch=1)", one_at_a_time), ("batched + deadlines", ours)):
             for stagger in (0.0, STAGGER_S):
                 for n in concurrency:
                     result = await crowd(server.base_url, server.process.pid, body, n, stagger_s=stagger)

@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     llm_repetition_penalty: float = Field(GenerationOptions.repetition_penalty, ge=0.5, le=3.0)
     llm_max_batch: int | None = Field(
         None, ge=1, le=64,
-        description="replies the in-process LLM decodes together (continuous batching); 1 = one at a time "
-        "(the serial path). Unset: CHAT2AUDIO_MAX_CONCURRENT_REQUESTS",
+        description="replies the in-process LLM decodes together (continuous batching); 1 = one at a time. "
+        "Unset: CHAT2AUDIO_MAX_CONCURRENT_REQUESTS",
     )
     tts_max_batch: int | None = Field(
         None, ge=1, le=64,

@@ -1,5 +1,6 @@
 """In-process LLM through transformers: any causal-LM directory (Qwen2.5-7B, InternLM2, …) or a
-`.gguf` file, with the model's own chat template, streamed token by token from a worker thread.
+`.gguf` file, with the model's own chat template, streamed token by token by the continuous
+batcher (`llm.batching`), which runs every reply.
 
 On a CPU that computes bf16 natively, `precision="auto"` holds the linear layers' weights as int8
 for decode steps (and bf16 for prompts; `chat2audio.runtime.int8_weights`): a decode step reads
@@ -14,30 +15,25 @@ import hashlib
 import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.devices import resolve_device
-from chat2audio.runtime.generation import stop_when_set
 from chat2audio.runtime.int8_weights import cpu_supports_bf16, int8_decode_linear_class, replace_linear_layers
-from chat2audio.runtime.threads import stream_from_thread
 from llm.base import ChatMessage, GenerationOptions, LLMError, TextPiece, chat_template_ids
-from llm.batching import GREEDY_BELOW_TEMPERATURE, ContinuousBatcher, torch_seed
+from llm.batching import ContinuousBatcher
 from llm.embedded import EMBEDDED_PACKAGE
-from llm.stops import ReplyText
 
 log = logging.getLogger(__name__)
 
 
 class TransformersBackend:
-    """One model in this process. With `max_batch` > 1, concurrent replies share decode steps
-    (`llm.batching`); with 1, they run one at a time through `generate()` (the serial path, kept
-    for comparison and for models the batcher cannot drive)."""
+    """One model in this process; up to `max_batch` concurrent replies share decode steps
+    (`llm.batching`), and 1 runs them one at a time."""
 
     name = "transformers"
 
@@ -55,10 +51,8 @@ class TransformersBackend:
         self._tokenizer: Any = None
         self.device = "cpu"
         self.load_seconds: float | None = None
-        # One worker thread = requests queue up instead of fighting over the same weights.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
-        self._serial_active = 0
-        self._serial_tokens = 0
+        # Loads the model, then ends (see `start`); the batcher runs the replies on its own thread.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-load")
         self.max_batch = max_batch
         self._batcher: ContinuousBatcher | None = None
         self._cores = cores
@@ -72,27 +66,27 @@ class TransformersBackend:
     @property
     def active_generations(self) -> int:
         """Replies generating or waiting to (observable by tests and /stats)."""
-        return self._serial_active + (self._batcher.active if self._batcher else 0)
+        return self._batcher.active if self._batcher else 0
 
     @property
     def tokens_generated(self) -> int:
         """A counter since start-up, for /stats and benchmarks."""
-        return self._serial_tokens + (self._batcher.tokens_generated if self._batcher else 0)
+        return self._batcher.tokens_generated if self._batcher else 0
 
     async def start(self) -> None:
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
-        if self.max_batch > 1:
-            self._batcher = ContinuousBatcher(
-                self._model, self._tokenizer, self.device, max_batch=self.max_batch,
-                eos_ids=_eos_ids(self._model, self._tokenizer), cores=self._cores,
-            )
-            # Warm up on the batch thread, then let the loading thread go: every thread that ran
-            # torch on CPU keeps its own pool of OpenMP workers, and an idle pool beyond the cores
-            # made each batched step ~30% slower (66 → 94 ms for SmolLM2-135M, batch 8, 2 cores).
-            async for _ in self._batcher.stream([ChatMessage("user", "Hi")], _WARM_UP):
-                pass
-            await asyncio.to_thread(self._worker.shutdown, wait=True)
+        self._batcher = ContinuousBatcher(
+            self._model, self._tokenizer, self.device, max_batch=self.max_batch,
+            eos_ids=_eos_ids(self._model, self._tokenizer), cores=self._cores,
+        )
+        # The first reply pays one-off set-up costs: pay them here, on the batch thread. Then let
+        # the loading thread go: every thread that ran torch on CPU keeps its own pool of OpenMP
+        # workers, and an idle pool beyond the cores made each batched step ~30% slower
+        # (66 → 94 ms for SmolLM2-135M, batch 8, 2 cores).
+        async for _ in self._batcher.stream([ChatMessage("user", "Hi")], _WARM_UP):
+            pass
+        await asyncio.to_thread(self._worker.shutdown, wait=True)
         self.load_seconds = time.perf_counter() - started
         log.debug("LLM %s loaded on %s in %.1f s (batch %d)", self.model_source, self.device, self.load_seconds, self.max_batch)
 
@@ -119,18 +113,11 @@ class TransformersBackend:
         return len(chat_template_ids(self._counting_tokenizer, messages))
 
     def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
-        if self._model is None:
+        if self._model is None or self._batcher is None:  # not started, or stopped
             raise LLMError("LLM not loaded", status=503)
-        if self._batcher is not None:
-            return self._batcher.stream(messages, options)
+        return self._batcher.stream(messages, options)
 
-        def produce(emit: Callable[[TextPiece], bool], cancelled: threading.Event) -> None:
-            self._generate_blocking(messages, options, emit, cancelled)
-
-        # Returned, not re-yielded, so that closing it closes the thread bridge at once.
-        return stream_from_thread(produce, executor=self._worker)
-
-    # -- worker thread only ----------------------------------------------------------------
+    # -- loading thread only ---------------------------------------------------------------
 
     def _load(self) -> None:
         import torch
@@ -162,9 +149,6 @@ class TransformersBackend:
         self.context_tokens = getattr(model.config, "max_position_embeddings", None)
         if not self._tokenizer.chat_template:
             raise LLMError(f"{self.model_source} has no chat template", status=503)
-        if self.max_batch == 1:  # the batcher warms up on its own thread (see `start`)
-            # The first generate() pays one-off set-up costs; pay them here, not in a user's reply.
-            self._generate_blocking([ChatMessage("user", "Hi")], _WARM_UP, lambda piece: True, threading.Event())
 
     def _prepare_model_dir(self) -> Path:
         source = self.model_source
@@ -200,95 +184,8 @@ class TransformersBackend:
             shutil.rmtree(partial, ignore_errors=True)
         return target
 
-    def _generate_blocking(
-        self,
-        messages: list[ChatMessage],
-        options: GenerationOptions,
-        emit: Callable[[TextPiece], bool],
-        cancelled: threading.Event,
-    ) -> None:
-        import torch
-
-        if cancelled.is_set():
-            return
-        tokenizer, model = self._tokenizer, self._model
-        prompt = torch.tensor([chat_template_ids(tokenizer, messages)], device=self.device)
-        inputs = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
-
-        stopped = threading.Event()  # a stop string showed up: generate() ends at the next step
-        streamer = IncrementalDetokenizer(
-            tokenizer, lambda text: emit(TextPiece(text)), stops=options.stop, on_stop=stopped.set
-        )
-        stopping = stop_when_set(cancelled)
-        stopping.extend(stop_when_set(stopped))
-
-        sampling = options.temperature >= GREEDY_BELOW_TEMPERATURE  # colder overflows; see there
-        generation_kwargs: dict[str, Any] = {
-            "max_new_tokens": options.max_new_tokens,
-            "do_sample": sampling,
-            "repetition_penalty": options.repetition_penalty,
-            "streamer": streamer,
-            "stopping_criteria": stopping,
-            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        }
-        if sampling:
-            generation_kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=0)
-        # generate() draws from torch's global generator: a seeded reply forks it (this worker
-        # runs one reply at a time, so nothing else draws meanwhile).
-        devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
-        self._serial_active += 1
-        try:
-            with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=options.seed is not None):
-                if options.seed is not None:
-                    torch.manual_seed(torch_seed(options.seed))
-                output = model.generate(**inputs, **generation_kwargs)
-        finally:
-            self._serial_active -= 1
-        new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
-        self._serial_tokens += new_tokens
-        if cancelled.is_set():
-            return
-        if stopped.is_set():
-            emit(TextPiece("", finish_reason="stop"))
-            return
-        eos_ids = _eos_ids(model, tokenizer)
-        ended_on_eos = new_tokens > 0 and int(output[0, -1]) in eos_ids
-        hit_limit = new_tokens >= options.max_new_tokens and not ended_on_eos
-        emit(TextPiece("", finish_reason="length" if hit_limit else "stop"))
-
 
 _WARM_UP = GenerationOptions(max_new_tokens=2, temperature=0)
-
-
-class IncrementalDetokenizer:
-    """A `generate` streamer that hands on new text after every token (transformers' TextStreamer
-    holds text back until a space, a whole word, which delays each sentence end by a token)."""
-
-    def __init__(
-        self, tokenizer: Any, on_text: Callable[[str], object], *, stops: tuple[str, ...] = (),
-        on_stop: Callable[[], object] = lambda: None,
-    ) -> None:
-        self._on_text = on_text
-        self._text = ReplyText(tokenizer, stops)
-        self._on_stop = on_stop
-        self._prompt_skipped = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_skipped:  # generate() first passes the prompt itself
-            self._prompt_skipped = True
-            return
-        if self._text.stopped:  # the tokens of the step that generate() still ends
-            return
-        self._send([int(token) for token in value.reshape(-1).tolist()], last=False)
-        if self._text.stopped:
-            self._on_stop()
-
-    def end(self) -> None:
-        self._send([], last=True)
-
-    def _send(self, tokens: list[int], *, last: bool) -> None:
-        if piece := self._text.add(tokens, last=last):
-            self._on_text(piece)
 
 
 def _weights_precision(setting: str, device: str) -> str:

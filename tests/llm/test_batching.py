@@ -1,7 +1,8 @@
 """Continuous batching on the tiny Qwen2 (real transformers model, random weights): replies that
-run together are token for token what each makes alone, join and leave at any step, keep their
-own settings, and a hung-up reply frees its slot at the next step. Newcomers are prefilled
-together, a prompt prefix they share (or that a running reply holds) computed once."""
+run together are token for token what transformers' own `generate()` makes for each alone, join
+and leave at any step, keep their own settings, and a hung-up reply frees its slot at the next
+step. Newcomers are prefilled together, a prompt prefix they share (or that a running reply holds)
+computed once."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from llm import batching
 from llm.base import ChatMessage, GenerationOptions
 from llm.transformers_backend import TransformersBackend
-from tests.llm.conftest import started
+from tests.llm.conftest import HFReply, started
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
 PENALISED = GenerationOptions(max_new_tokens=24, temperature=0.0, repetition_penalty=1.3)
@@ -41,14 +42,24 @@ async def reply(
     return text, finish
 
 
+def alone(
+    hf_greedy: HFReply, question: str, options: GenerationOptions = GREEDY, system: str = "You are a sailor."
+) -> tuple[str, str]:
+    """What `reply` must give: transformers' own greedy `generate()` on the same prompt."""
+    return hf_greedy([ChatMessage("system", system), ChatMessage("user", question)], options)
+
+
 @pytest.mark.parametrize("spare_columns", [batching.SPARE_COLUMNS, 3], ids=["default", "cache-grows-every-3-steps"])
 async def test_replies_decoded_together_are_token_for_token_what_each_makes_alone(
-    model_dir, tmp_path, monkeypatch, spare_columns
+    model_dir, tmp_path, monkeypatch, hf_greedy, spare_columns
 ):
     monkeypatch.setattr(batching, "SPARE_COLUMNS", spare_columns)
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    alone = [await reply(serial, q) for q in QUESTIONS]
-    await serial.stop()
+    expected = [alone(hf_greedy, q) for q in QUESTIONS]
+    one_at_a_time = await started(model_dir, tmp_path, max_batch=1)
+    try:
+        singly = [await reply(one_at_a_time, q) for q in QUESTIONS]
+    finally:
+        await one_at_a_time.stop()
     batched = await started(model_dir, tmp_path, max_batch=4)
     try:
         together = await asyncio.gather(*(reply(batched, q) for q in QUESTIONS))
@@ -56,8 +67,9 @@ async def test_replies_decoded_together_are_token_for_token_what_each_makes_alon
         staggered = await asyncio.gather(*(_after(0.01 * i, reply(batched, q)) for i, q in enumerate(QUESTIONS * 2)))
     finally:
         await batched.stop()
-    assert [text for text, _ in alone] == [text for text, _ in together] == [text for text, _ in staggered[:4]]
-    assert [text for text, _ in staggered[4:]] == [text for text, _ in alone]  # more replies than slots: they wait
+    assert singly == expected  # a batch of one
+    assert [text for text, _ in expected] == [text for text, _ in together] == [text for text, _ in staggered[:4]]
+    assert [text for text, _ in staggered[4:]] == [text for text, _ in expected]  # more replies than slots: they wait
     assert {finish for _, finish in together} <= {"stop", "length"} and all(text for text, _ in together)
 
 
@@ -110,14 +122,12 @@ MIXED = [
     ids=["prefix-copied-from-a-running-reply", "prefix-computed-once"],
 )
 async def test_newcomers_prefilled_together_are_token_for_token_what_each_makes_alone(
-    model_dir, tmp_path, monkeypatch, running_system
+    model_dir, tmp_path, monkeypatch, hf_greedy, running_system
 ):
     # Prompt passes as long as they may be (PREFILL_CHUNK_TOKENS), whatever a decode step takes:
     # each prefix is one pass, which makes "computed once" countable.
     monkeypatch.setattr(batching, "PREFILL_SHARE", float("inf"))
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    alone = [await reply(serial, question, options, system) for system, question, options in MIXED]
-    await serial.stop()
+    expected = [alone(hf_greedy, question, options, system) for system, question, options in MIXED]
     batched = await started(model_dir, tmp_path, max_batch=8)
     passes = _record_forward_passes(batched)
     try:
@@ -135,7 +145,7 @@ async def test_newcomers_prefilled_together_are_token_for_token_what_each_makes_
         captain_prompt = batched.count_tokens([ChatMessage("system", CAPTAIN), ChatMessage("user", "Hi")])
     finally:
         await batched.stop()
-    assert [text for text, _ in together] == [text for text, _ in alone]
+    assert [text for text, _ in together] == [text for text, _ in expected]
     prefills = [shape for shape in passes.shapes if shape[1] > 1]
     # The captain's three newcomers shared one pass over what follows the persona ...
     assert (3, True) in [(rows, width < batching.MIN_SHARED_PREFIX) for rows, width in prefills]
@@ -143,10 +153,8 @@ async def test_newcomers_prefilled_together_are_token_for_token_what_each_makes_
     assert len([shape for shape in prefills if shape[1] > captain_prompt // 2]) == 1
 
 
-async def test_a_newcomer_copies_the_prefix_a_running_reply_holds(model_dir, tmp_path):
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    alone = await reply(serial, QUESTIONS[1], PENALISED, CAPTAIN)
-    await serial.stop()
+async def test_a_newcomer_copies_the_prefix_a_running_reply_holds(model_dir, tmp_path, hf_greedy):
+    expected = alone(hf_greedy, QUESTIONS[1], PENALISED, CAPTAIN)
     batched = await started(model_dir, tmp_path, max_batch=4)
     passes = _record_forward_passes(batched)
     long = GenerationOptions(max_new_tokens=2000, temperature=0.0, repetition_penalty=1.0)
@@ -157,15 +165,13 @@ async def test_a_newcomer_copies_the_prefix_a_running_reply_holds(model_dir, tmp
         await running.aclose()
     finally:
         await batched.stop()
-    assert later == alone
+    assert later == expected
     newcomer_prefill = [shape for shape in passes.shapes if shape[1] > 1][1]
     assert newcomer_prefill[1] < batching.MIN_SHARED_PREFIX  # only what follows the shared persona
 
 
-async def test_a_prompt_that_fails_a_shared_prefill_fails_alone(model_dir, tmp_path):
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    alone = [await reply(serial, question, GREEDY, CAPTAIN) for question in QUESTIONS[:2]]
-    await serial.stop()
+async def test_a_prompt_that_fails_a_shared_prefill_fails_alone(model_dir, tmp_path, hf_greedy):
+    expected = [alone(hf_greedy, question, GREEDY, CAPTAIN) for question in QUESTIONS[:2]]
     batched = await started(model_dir, tmp_path, max_batch=8)
     passes = _record_forward_passes(batched)
     passes.poison = set(batched._tokenizer.encode("Ω", add_special_tokens=False))  # in no other prompt
@@ -182,7 +188,7 @@ async def test_a_prompt_that_fails_a_shared_prefill_fails_alone(model_dir, tmp_p
         await first
     finally:
         await batched.stop()
-    assert [results[0], results[2]] == alone
+    assert [results[0], results[2]] == expected
     assert isinstance(results[1], Exception) and "failed to read the prompt" in str(results[1])
     assert any(rows == 3 for rows, width in passes.shapes if width > 1)  # they were tried together first
 
@@ -314,16 +320,16 @@ def sailor(question: str) -> list[ChatMessage]:
     return [ChatMessage("system", "You are a sailor."), ChatMessage("user", question)]
 
 
-async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(model_dir, tmp_path, monkeypatch):
+async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_steps(
+    model_dir, tmp_path, monkeypatch, hf_greedy
+):
     # One pass of 64 prompt tokens per step, whatever the passes take: each step lends more time
     # than any pass takes, and a pass may be sized to take next to none.
     for knob, value in [("PREFILL_SHARE", 1e9), ("PREFILL_BURST_S", 1e-9), ("MIN_PREFILL_CHUNK_TOKENS", 64),
                         ("PREFILL_CHUNK_TOKENS", 64)]:
         monkeypatch.setattr(batching, knob, value, raising=False)
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    long_alone = await reply(serial, QUESTIONS[0], GREEDY, LOGBOOK)
-    running_alone = await reply(serial, QUESTIONS[1], greedy_for(60))
-    await serial.stop()
+    long_alone = alone(hf_greedy, QUESTIONS[0], GREEDY, LOGBOOK)
+    running_alone = alone(hf_greedy, QUESTIONS[1], greedy_for(60))
     batched = await started(model_dir, tmp_path, max_batch=4)
     passes = _record_forward_passes(batched)
     long_prompt = batched.count_tokens([ChatMessage("system", LOGBOOK), ChatMessage("user", QUESTIONS[0])])
@@ -337,7 +343,7 @@ async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_
     finally:
         await batched.stop()
     assert long_prompt > 8 * 64
-    assert newcomer == long_alone  # chunked, it is token for token what one pass makes
+    assert newcomer == long_alone  # chunked, it is token for token what generate() makes
     assert first.text + "".join(piece.text for piece in rest) == running_alone[0]
     prompt_passes = [i for i, (rows, width) in enumerate(admitted) if width > 1]
     assert sum(admitted[i][1] for i in prompt_passes) >= long_prompt - 1
@@ -346,13 +352,11 @@ async def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_replies_
     assert all((1, 1) in admitted[a + 1 : b] for a, b in zip(prompt_passes, prompt_passes[1:]))
 
 
-async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir, tmp_path, monkeypatch):
+async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir, tmp_path, monkeypatch, hf_greedy):
     monkeypatch.setattr(batching, "PADDING_ALLOWANCE_COLUMNS", 0, raising=False)
     monkeypatch.setattr(batching, "PREFILL_SHARE", float("inf"), raising=False)  # joins while the others run
-    serial = await started(model_dir, tmp_path, max_batch=1)
-    alone = [await reply(serial, question, greedy_for(200)) for question in QUESTIONS[:3]]
-    long_alone = await reply(serial, QUESTIONS[3], greedy_for(40), LOGBOOK)
-    await serial.stop()
+    expected = [alone(hf_greedy, question, greedy_for(200)) for question in QUESTIONS[:3]]
+    long_alone = alone(hf_greedy, QUESTIONS[3], greedy_for(40), LOGBOOK)
     batched = await started(model_dir, tmp_path, max_batch=4)
     config = batched._model.config
     head_dim = config.hidden_size // config.num_attention_heads
@@ -370,7 +374,7 @@ async def test_short_rows_do_not_hold_a_long_prompts_length_in_padding(model_dir
         long_text = long_first.text + "".join([piece.text async for piece in newcomer])
     finally:
         await batched.stop()
-    assert texts == [text for text, _ in alone] and long_text == long_alone[0]
+    assert texts == [text for text, _ in expected] and long_text == long_alone[0]
     assert decoding == 4
     # Every row's real columns (prompt and up to 200 replied tokens), and a bucket's spare columns
     # (grown once at most), but not three short rows padded to the long prompt's length.

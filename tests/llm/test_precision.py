@@ -54,7 +54,7 @@ def test_decode_steps_take_the_int8_kernel_and_prompts_the_bf16_copy_whatever_th
 
 
 @needs_bf16
-@pytest.mark.parametrize("max_batch", [1, 4], ids=["serial", "batched"])
+@pytest.mark.parametrize("max_batch", [1, 4], ids=["one-at-a-time", "batched"])
 async def test_auto_replies_with_int8_decode_weights(model_dir, tmp_path, max_batch):
     backend = await started(model_dir, tmp_path, max_batch=max_batch, precision="auto")
     try:

@@ -108,14 +108,14 @@ async def test_a_seeded_reply_is_the_same_whatever_shares_its_batch(model_dir, t
     assert other_seed != alone
 
 
-async def test_a_seeded_reply_is_reproducible_on_the_serial_path(model_dir, tmp_path):
-    serial = await started(model_dir, tmp_path, max_batch=1)
+async def test_a_seeded_reply_is_reproducible_one_at_a_time(model_dir, tmp_path):
+    one_at_a_time = await started(model_dir, tmp_path, max_batch=1)
     try:
-        first = await reply(serial, QUESTIONS[0], _sampled(seed=7))
-        await reply(serial, QUESTIONS[0], _sampled(seed=None))  # moves the global generator on
-        again = await reply(serial, QUESTIONS[0], _sampled(seed=7))
+        first = await reply(one_at_a_time, QUESTIONS[0], _sampled(seed=7))
+        await reply(one_at_a_time, QUESTIONS[0], _sampled(seed=None))  # moves the global generator on
+        again = await reply(one_at_a_time, QUESTIONS[0], _sampled(seed=7))
     finally:
-        await serial.stop()
+        await one_at_a_time.stop()
     assert first == again
 
 
@@ -125,7 +125,7 @@ async def _pieces(backend: TransformersBackend, question: str, options: Generati
         return [piece.text async for piece in stream]
 
 
-@pytest.mark.parametrize("max_batch", [4, 1], ids=["batched", "serial"])
+@pytest.mark.parametrize("max_batch", [4, 1], ids=["batched", "one-at-a-time"])
 async def test_a_stop_string_spanning_pieces_ends_the_reply_before_it(model_dir, tmp_path, max_batch):
     backend = await started(model_dir, tmp_path, max_batch=max_batch)
     try:
@@ -155,12 +155,11 @@ async def test_a_stop_string_that_never_comes_holds_nothing_back_at_the_end(mode
 
 
 @pytest.mark.parametrize("top_p", [0.0, 1e-45], ids=["zero", "denormal"])
-async def test_a_top_p_that_keeps_no_token_is_greedy_on_the_serial_path_too(model_dir, tmp_path, top_p):
-    serial = await started(model_dir, tmp_path, max_batch=1)
+async def test_a_top_p_that_keeps_no_token_is_greedy_one_at_a_time_too(model_dir, tmp_path, hf_greedy, top_p):
+    one_at_a_time = await started(model_dir, tmp_path, max_batch=1)
     try:
-        greedy = await reply(serial, QUESTIONS[1])
         narrow_options = GenerationOptions(max_new_tokens=16, temperature=1.0, top_p=top_p, repetition_penalty=1.0)
-        narrow = await reply(serial, QUESTIONS[1], narrow_options)
+        narrow = await reply(one_at_a_time, QUESTIONS[1], narrow_options)
     finally:
-        await serial.stop()
-    assert narrow == greedy
+        await one_at_a_time.stop()
+    assert narrow == hf_greedy([ChatMessage("system", "You are a sailor."), ChatMessage("user", QUESTIONS[1])], GREEDY)
