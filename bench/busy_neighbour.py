@@ -53,7 +53,7 @@ def main() -> None:
             listen(server.base_url, {**body, "input": "你好。"})  # loads the voice
             neighbour = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(args.busy)]) if args.busy > 0 else None
             try:
-                print(f"| run | TTFA (s) | underruns | stall (s) | audio (s) | wall (s) |  (busy loop: {args.busy:g} of a core)")
+                print(f"Busy loop: {args.busy:g} of a core.\n\n| run | TTFA (s) | underruns | stall (s) | audio (s) | wall (s) |")
                 print("| --- | --- | --- | --- | --- | --- |")
                 for run in range(1, args.runs + 1):
                     heard = listen(server.base_url, body)
