@@ -24,8 +24,8 @@ from chat2audio.runtime.text import is_speakable
 from chat2audio.runtime.threads import Handover
 from tts.base import TTSError, VoiceParams
 from tts.gpt_sovits.base_models import base_model_problems
-from tts.gpt_sovits.cache import VoiceCache
 from tts.gpt_sovits.batching import Sentence, SentenceBatcher
+from tts.gpt_sovits.cache import VoiceCache
 from tts.gpt_sovits.guard import GenerationGuard
 from tts.gpt_sovits.pacing import ChunkPacer, ChunkSchedule
 from tts.gpt_sovits.precision import PrecisionPlan, PrecisionUnavailable, convert_bert, plan_precision
