@@ -30,10 +30,7 @@ while True:
 
 def main() -> None:
     from bench.concurrency import listen
-    from tests.e2e.conftest import scripted_env
-    from tests.e2e.test_full_size_voice import REPLY
-    from tests.fixtures.full_gpt_sovits import SPEAKER, full_size_models
-    from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
+    from tests.e2e.test_full_size_voice import REPLY, full_voice_service_env
     from tests.server import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,11 +40,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = scripted_env(
-            root, models_dir=str(full_size_models()), device="cpu", scripted_token_delay_s="0.01",
-            gpt_sovits_tokens_per_phone="3",
-        )
-        write_speaker_toml(root / "speakers", SPEAKER, speaker_id="Nahida", prompt="Low")
+        env = full_voice_service_env(root)
         body = {"input": REPLY, "speaker": "Nahida"}
         with running_server("app_stream", env, root / "server.log") as server:
             listen(server.base_url, {**body, "input": "你好。"})  # loads the voice

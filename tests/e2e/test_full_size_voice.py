@@ -9,6 +9,8 @@ sentence gets 3 tokens per phoneme, a real voice's rate.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.concurrency import listen
@@ -23,15 +25,19 @@ REPLY = "你好，很高兴认识你。今天的风好舒服呀，我们去看�
 ALLOWED_STALL_S = 0.3
 
 
-@pytest.fixture(scope="module")
-def full_voice_env(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("full-voice")
+def full_voice_service_env(root: Path) -> dict[str, str]:
+    """The stream app's environment: speaker "Nahida" is the full-size voice, the LLM scripted."""
     env = scripted_env(
         root, models_dir=str(full_size_models()), device="cpu", scripted_token_delay_s="0.01",
         gpt_sovits_tokens_per_phone="3",
     )
     write_speaker_toml(root / "speakers", SPEAKER, speaker_id="Nahida", prompt="Low")
     return env
+
+
+@pytest.fixture(scope="module")
+def full_voice_env(tmp_path_factory) -> dict[str, str]:
+    return full_voice_service_env(tmp_path_factory.mktemp("full-voice"))
 
 
 def test_a_full_size_voice_streams_a_three_sentence_reply_without_running_dry(full_voice_env, tmp_path):
