@@ -70,17 +70,28 @@ class ReplyText:
         """The text to send now that `tokens` came; with `last`, all that is left before any
         stop string."""
         for token in tokens:
+            self._tokens.append(token)
             if self._backend is not None:
                 self._text += self._stream.step(self._backend, token) or ""
             else:
-                self._tokens.append(token)
-                self._text = self._tokenizer.decode(self._tokens, skip_special_tokens=True).removesuffix("\ufffd")
+                self._text = self._decoded()
+        if last and self._backend is not None:
+            # A token can finish one character and start another: `DecodeStream` holds both until
+            # the next token. A reply cut there (its token limit) still says the finished one.
+            whole = self._decoded()
+            if len(whole) > len(self._text) and whole.startswith(self._text):
+                self._text = whole
         end = self._stops.releasable(self._text, self._sent)
         if last and not self._stops.stopped:
             end = len(self._text)  # a tail that looked like a stop string's start is text after all
         piece = self._text[self._sent : end]
         self._sent = max(self._sent, end)
         return piece
+
+
+    def _decoded(self) -> str:
+        """The whole reply decoded, less the bytes of a character still unfinished."""
+        return self._tokenizer.decode(self._tokens, skip_special_tokens=True).rstrip("\ufffd")
 
 
 class _Matcher:

@@ -71,3 +71,25 @@ def test_reply_text_sends_whole_characters_as_their_tokens_arrive(model_dir):
         assert not any("\ufffd" in piece for piece in pieces)  # a character's bytes wait for each other
         everything = ReplyText(decoding, [])
         assert "".join(everything.add([token]) for token in ids) + everything.add([], last=True) == text
+
+
+def test_a_reply_cut_after_a_token_that_starts_a_character_still_says_the_characters_before_it(model_dir):
+    """Byte-level BPE has tokens that finish one character and start the next (this tokenizer: 27,
+    such as "看" + the first bytes of another). A reply cut right after one, at its token limit,
+    ends with the finished character; only the unfinished one's bytes are dropped."""
+    from transformers import AutoTokenizer
+
+    from llm.stops import ReplyText
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    straddling = [
+        (token, head) for token in range(len(tokenizer))
+        if (decoded := tokenizer.decode([token])).endswith("\ufffd") and (head := decoded.rstrip("\ufffd"))
+        and "\ufffd" not in head
+    ]
+    assert straddling, "the fixture tokenizer has such tokens"
+    before = tokenizer.encode("Ahoy, ", add_special_tokens=False)
+    for token, head in straddling[:5]:
+        reply = ReplyText(tokenizer, [])
+        sent = "".join(reply.add([each]) for each in [*before, token]) + reply.add([], last=True)
+        assert sent == "Ahoy, " + head
