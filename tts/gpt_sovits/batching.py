@@ -90,6 +90,7 @@ class _StreamState:
     valid_start: int = 0
     y_overlap: Any = None  # the SoVITS encoder's overlap (gsv_tts keeps it on the model: one per sentence here)
     audio_overlap: Any = None  # the end of the last chunk; None until the first is vocoded
+    text_encoding: Any = None  # its phonemes' SoVITS text encoding (`text_encoding.TextEncodedOnce`)
 
 
 class _Batch:
@@ -418,6 +419,8 @@ class SentenceBatcher:
         the whole sentence."""
         import torch
 
+        from tts.gpt_sovits.text_encoding import encoding_text_once, restore_text_encoder
+
         tts, voice, prepared = self.cache.tts, sentence.voice, sentence.prepared
         vq_model = tts.sovits_models[prepared.sovits_key].vq_model
         timbre = tts.spk_audio_cache[prepared.key]["ge"][prepared.sovits_key]
@@ -431,6 +434,7 @@ class SentenceBatcher:
             overlap_samples = OVERLAP_TOKENS * vq_model.samples_per_frame
             first_chunk = state.audio_overlap is None
             vq_model.enc_p.y_overlap = state.y_overlap
+            state.text_encoding = encoding_text_once(vq_model, state.text_encoding)
             try:
                 audio, attention = vq_model.decode(
                     codes, sentence.phones, timbre, noise_scale=voice.noise_scale, speed=voice.speed_factor,
@@ -439,6 +443,7 @@ class SentenceBatcher:
                 state.y_overlap = vq_model.enc_p.y_overlap
             finally:
                 vq_model.enc_p.y_overlap = None
+                restore_text_encoder(vq_model)
             if not first_chunk:
                 audio, _ = tts._sola_algorithm(state.audio_overlap, audio, overlap_samples)
             state.audio_overlap = audio[:, :, -overlap_samples:].clone()

@@ -156,3 +156,30 @@ async def test_speakers_stay_isolated_under_interleaving(gsv_engine):
         np.testing.assert_allclose(
             joined(chunks), alone[name, text, streaming], rtol=0, atol=rounding, err_msg=f"{name} {streaming}"
         )
+
+
+async def test_a_streamed_sentence_s_text_is_encoded_once_and_sounds_as_when_encoded_per_chunk(gsv_engine, monkeypatch):
+    """SoVITS re-encodes a sentence's phonemes at every streamed chunk; the engine encodes them at
+    its first chunk and reuses that: one encoder call per sentence, the same samples."""
+    from tts.gpt_sovits.text_encoding import TextEncodedOnce
+
+    voice = tiny_voice(**DETERMINISTIC)
+    with unhurried():
+        await collect(gsv_engine, SHORT, voice)  # loads the voice
+    vq_models = [model.vq_model for model in gsv_engine.cache.tts.sovits_models.values()]
+    encoder_calls = []
+    hooks = [model.enc_p.encoder_text.register_forward_hook(lambda *_: encoder_calls.append(1)) for model in vq_models]
+    try:
+        with unhurried():
+            chunks = await collect(gsv_engine, LONG, voice, streaming=True)
+        assert len(chunks) >= 3 and len(encoder_calls) == 1
+        monkeypatch.setattr(TextEncodedOnce, "forward", lambda self, text, mask: self.encoder(text, mask))
+        encoder_calls.clear()
+        with unhurried():
+            per_chunk = await collect(gsv_engine, LONG, voice, streaming=True)
+        assert len(encoder_calls) == len(per_chunk) == len(chunks)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    np.testing.assert_array_equal(joined(chunks), joined(per_chunk))
+    assert not any(isinstance(model.enc_p.encoder_text, TextEncodedOnce) for model in vq_models)  # left as they were
