@@ -164,13 +164,11 @@ class SentenceBatcher:
         stats: EngineStats,
         max_batch: int,
         max_context: int,
-        chunks: ChunkPacer,
+        pacer: ChunkPacer,
         cores: CoreShare,
     ) -> None:
         self.worker, self.cache, self.guard, self.stats, self.cores = worker, cache, guard, stats, cores
-        self.max_batch, self.max_context = max_batch, max_context
-        self.pacer = chunks
-        self._vocoder_s: dict[Sentence, float] = {}  # each row's own vocoding in this pass of the loop
+        self.max_batch, self.max_context, self.pacer = max_batch, max_context, pacer
         self.batches: dict[str, _Batch] = {}  # by GPT weights
         self._waiting: list[tuple[float, int, Sentence]] = []
         self._order = itertools.count()
@@ -252,11 +250,11 @@ class SentenceBatcher:
                 with self.cores.computing():
                     self._admit()
                 stepping, stepped_at = self.rows, time.monotonic()
-                self._vocoder_s = {}
+                vocoder_s: dict[Sentence, float] = {}  # each row's own vocoding in this pass
                 for key, batch in list(self.batches.items()):
                     try:
                         with self.cores.computing():
-                            self._step(batch)
+                            vocoder_s |= self._step(batch)
                     except Exception:  # a failed step fails its sentences, never the worker
                         log.exception("GPT-SoVITS decode step failed")
                         for sentence in batch.rows:
@@ -264,13 +262,13 @@ class SentenceBatcher:
                         batch.rows = []
                     if not batch.rows:
                         del self.batches[key]  # its KV cache goes with it
-                self._observe_token_wait(stepping, time.monotonic() - stepped_at)
+                self._observe_token_wait(stepping, time.monotonic() - stepped_at, vocoder_s)
 
-    def _observe_token_wait(self, rows: list[Sentence], seconds: float) -> None:
+    def _observe_token_wait(self, rows: list[Sentence], seconds: float, vocoder_s: dict[Sentence, float]) -> None:
         """Tell the pacer how long the rows waited for their token in this pass of the loop: the
         steps of every batch and the other rows' vocoding (a row's own is the vocoder's cost)."""
         if rows:
-            waits = [seconds - self._vocoder_s.get(row, 0.0) for row in rows]
+            waits = [seconds - vocoder_s.get(row, 0.0) for row in rows]
             self.pacer.pace.observe_token(sum(waits) / len(waits))
 
     def _admit(self) -> None:
@@ -345,8 +343,9 @@ class SentenceBatcher:
         batch.rows.append(sentence)
         self.pacer.pace.observe_prefill(time.monotonic() - began)
 
-    def _step(self, batch: _Batch) -> None:
-        """One GPT step for every row of a batch, then the vocoding it made ready, most urgent first."""
+    def _step(self, batch: _Batch) -> dict[Sentence, float]:
+        """One GPT step for every row of a batch, then the vocoding it made ready, most urgent first;
+        returns the seconds each row's vocoding took."""
         import torch
         from gsv_tts.GPT_SoVITS.GPT.utils import sample
 
@@ -387,14 +386,14 @@ class SentenceBatcher:
         for row, row_input in zip(rows, inputs.split(1)):
             row.next_input = row_input
 
+        vocoder_s: dict[Sentence, float] = {}
         for row, start, tokens, final in sorted(vocoding, key=lambda job: job[0].deadline):
             if row.cancelled.is_set():
                 continue
-            began = time.monotonic()
+            spent = self.stats.stage_seconds["vocoder"]
             with self.stats.timing("vocoder"):
                 audio = self._vocode(row, tokens, final)
-            seconds = time.monotonic() - began
-            self._vocoder_s[row] = self._vocoder_s.get(row, 0.0) + seconds
+            seconds = vocoder_s[row] = self.stats.stage_seconds["vocoder"] - spent
             if row.stream is not None:
                 self.pacer.pace.observe_vocoder(seconds, tokens - start + (OVERLAP_TOKENS if start else 0))
             audio_s = audio.size / self.cache.tts.samplerate
@@ -413,6 +412,7 @@ class SentenceBatcher:
                 self.stats.tokens_last = len(row.tokens)
                 self._finish(row)
         batch.drop_finished()
+        return vocoder_s
 
     def _vocode(self, sentence: Sentence, tokens: int, final: bool) -> Any:
         """Audio for the sentence's first `tokens` tokens: the new part of a streamed sentence, or

@@ -90,7 +90,7 @@ class GPTSoVITSEngine:
             stats=self.stats,
             max_batch=max_batch,
             max_context=max_context,
-            chunks=ChunkPacer(self.chunks, adaptive=adaptive_chunks),
+            pacer=ChunkPacer(self.chunks, adaptive=adaptive_chunks),
             cores=cores or CoreShare(),
         )
         self._tts: Any = None
