@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Union, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +33,34 @@ class VoiceParams(BaseModel):
         where the engine has no speed control."""
         return self
 
+    def with_style(self, overrides: dict[str, Any]) -> VoiceParams:
+        """This voice in one of its speaker's styles (moods): the style's `[styles.<name>]` table
+        over the `[voice]` table, validated like it. Engines whose styles must keep something of
+        the base voice (GPT-SoVITS: its timbre) override this."""
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), **overrides})
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    """When one word of a sentence is heard (one character, for Chinese), in seconds from the
+    sentence's first sample."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class WordTimings:
+    """Yielded by `TTSEngine.synthesize` among a sentence's audio chunks by engines that know when
+    each word is heard; several may come per sentence (streamed: as their audio is made), in
+    order. Engines that do not know yield none: no made-up numbers."""
+
+    words: tuple[WordTiming, ...]
+
+
+SpeechItem = Union[np.ndarray, WordTimings]
+
 
 class TTSError(EngineError):
     """Synthesis failed; `status` is the HTTP status to report if audio has not started yet."""
@@ -42,7 +71,8 @@ class TTSError(EngineError):
 
 @runtime_checkable
 class TTSEngine(Protocol):
-    """Turns one sentence into float32 mono audio in [-1, 1], chunk by chunk.
+    """Turns one sentence into float32 mono audio in [-1, 1], chunk by chunk, with the words'
+    timings (`WordTimings` items) where the engine knows them.
 
     An engine owns its models and its own concurrency (engines that are not thread-safe
     serialize internally). Closing the iterator early must stop the work promptly.
@@ -64,8 +94,9 @@ class TTSEngine(Protocol):
 
     def synthesize(
         self, text: str, voice: VoiceParams, *, streaming: bool = False
-    ) -> AsyncIterator[np.ndarray]:
-        """Audio for `text`. With `streaming`, yield the first chunk as early as possible."""
+    ) -> AsyncIterator[SpeechItem]:
+        """Audio for `text` (non-empty float32 arrays), and `WordTimings` where known. With
+        `streaming`, yield the first chunk as early as possible."""
         ...
 
 
