@@ -40,7 +40,7 @@ AUDIO_AND_EVENT_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"
 # Proxies commonly refuse responses whose headers exceed 4-8 KB (nginx: 502); percent-encoded
 # Chinese takes 9 bytes a character, so a long reply would not fit.
 MAX_TEXT_HEADER_BYTES = 1536
-MAX_TIMINGS_HEADER_BYTES = 6144  # X-Word-Timings: a few hundred words; the events format carries any number
+MAX_TIMINGS_HEADER_BYTES = 3072  # X-Word-Timings: ~100 words (see above); the events format carries any number
 
 
 @dataclass

@@ -3,9 +3,9 @@ routes, shared by both apps."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -180,3 +180,24 @@ class SessionResponse(BaseModel):
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     error: ErrorDetail
+
+
+ChatEvent = Annotated[Union[StartEvent, SentenceEvent, DoneEvent, ErrorEvent], Field(discriminator="type")]
+
+
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema of one event of format="events" (each `data:` line), self-contained (its
+    definitions inlined), for the OpenAPI document's text/event-stream response."""
+    schema = TypeAdapter(ChatEvent).json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    schema = inline(schema)
+    schema.get("discriminator", {}).pop("mapping", None)  # it named the definitions inlined above
+    return schema
