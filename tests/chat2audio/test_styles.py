@@ -101,3 +101,40 @@ def test_mouth_envelope_follows_loudness_per_frame():
     audio = np.concatenate([np.zeros(frame), 0.5 * np.ones(frame), 0.25 * np.ones(frame), np.zeros(frame // 2)])
     assert mouth_envelope(audio.astype(np.float32), rate) == [0.0, 1.0, 0.5, 0.0]
     assert mouth_envelope(np.zeros(0, dtype=np.float32), rate) == []
+
+
+class RecordingLLM(ScriptedLLM):
+    """The scripted LLM, keeping the prompts it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(token_delay_s=0.0)
+        self.prompts: list[list[ChatMessage]] = []
+
+    def stream_chat(self, messages, options):
+        self.prompts.append(messages)
+        return super().stream_chat(messages, options)
+
+
+async def test_the_persona_is_told_its_tags_unless_the_request_pins_a_style(tmp_path):
+    from contextlib import aclosing
+
+    from chat2audio.protocol.chat import ChatOptions
+    from tests.inprocess import scripted_service
+
+    for folder, name, text in [
+        ("speakers", "Moody.toml", 'engine = "scripted"\n[voice]\nfrequency_hz = 300\n[styles.happy]\nfrequency_hz = 600\n'
+         '[styles.sad]\nfrequency_hz = 150\n'),
+        ("prompts", "Moody.md", "You are Moody."),
+    ]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text(text)
+    async with scripted_service(tmp_path) as service:
+        service.llm = llm = RecordingLLM()
+        for style in (None, "sad"):
+            events = service.reply(ChatOptions(speaker="Moody", style=style), text="[happy] Hello there, friend.")
+            async with aclosing(events) as items:
+                sentences = [item async for item in items if isinstance(item, SentenceDone)]
+            assert [s.style for s in sentences] == ["happy" if style is None else "sad"]
+        told, pinned = (prompt[0].content for prompt in llm.prompts)
+        assert told.startswith("You are Moody.") and "[happy], [sad]" in told
+        assert pinned == "You are Moody."
