@@ -21,7 +21,7 @@ import numpy as np
 from chat2audio.runtime.errors import ReportableError
 from chat2audio.runtime.scheduling import speaking_by
 from chat2audio.runtime.text import is_cjk, is_speakable
-from chat2audio.splitter import Sentence, SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
+from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
 from tts.base import TTSEngine, VoiceParams, WordTiming, WordTimings
 

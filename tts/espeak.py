@@ -16,9 +16,9 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from tts.base import SpeechItem, TTSError, VoiceParams, WordTiming, WordTimings
 from chat2audio.runtime.scheduling import DeadlineExecutor
 from chat2audio.runtime.threads import stream_from_thread
+from tts.base import SpeechItem, TTSError, VoiceParams, WordTiming, WordTimings
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1

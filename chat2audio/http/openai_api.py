@@ -32,8 +32,15 @@ from chat2audio.http.errors import error_detail
 from chat2audio.http.responders import AudioAnswer, EventsAnswer, JsonAnswer, caller_of, respond_audio
 from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone
 from chat2audio.protocol.openai import (
-    CHAT_MODEL, PCM_RATE, SPEECH_MODELS, ChatCompletionRequest, OpenAIError, SpeechRequest, Voice,
-    VoiceRef, chat_messages,
+    CHAT_MODEL,
+    PCM_RATE,
+    SPEECH_MODELS,
+    ChatCompletionRequest,
+    OpenAIError,
+    SpeechRequest,
+    Voice,
+    VoiceRef,
+    chat_messages,
 )
 from chat2audio.service import ChatService
 from chat2audio.speakers import Speaker

@@ -16,7 +16,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from chat2audio.codecs import StreamEncoder, choose_output_rate
 from chat2audio.http.encoders import (
-    AudioStreamResponse, OpenedReply, encoded_stream, open_reply, text_headers, timing_headers, whole_file,
+    AudioStreamResponse,
+    OpenedReply,
+    encoded_stream,
+    open_reply,
+    text_headers,
+    timing_headers,
+    whole_file,
 )
 from chat2audio.http.errors import ClientGone
 from chat2audio.service import Caller, ReplyEvent
