@@ -38,6 +38,12 @@ class UnknownSpeaker(ServiceError):
     status, type = 404, "unknown_speaker"
 
 
+class UnknownStyle(ServiceError):
+    """The speaker exists but has no such style: like an unknown speaker, a name this server lacks."""
+
+    status, type = 404, "unknown_style"
+
+
 class UnknownVoice(ServiceError):
     status, type = 400, "unknown_voice"
 

@@ -21,7 +21,7 @@ from chat2audio.admission import AdmissionControl
 from chat2audio.baselines import reply_pipeline
 from chat2audio.context import TokenCounter, estimate_tokens, fit_history
 from chat2audio.conversation import Conversations
-from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, VoiceInputUnavailable
+from chat2audio.errors import InvalidAudio, InvalidInput, NotReady, UnknownStyle, VoiceInputUnavailable
 from chat2audio.metrics import LiveCounts, Metrics
 from chat2audio.pipeline import ReplyFinished, ReplyItem, SentenceDone, Staging, join_sentences
 from chat2audio.protocol.chat import ChatOptions
@@ -274,7 +274,7 @@ class ChatService:
         options = replace(options, **overrides)
         if request.style is not None and request.style not in speaker.styles:
             known = ", ".join(speaker.styles) or "none"
-            raise InvalidInput(f"speaker {speaker.id!r} has no style {request.style!r} (its styles: {known})", param="style")
+            raise UnknownStyle(f"speaker {speaker.id!r} has no style {request.style!r} (its styles: {known})", param="style")
         return _Turn(caller, speaker, engine, options, request.session_id, text or "", voice, style=request.style)
 
     def _check_messages(self, messages: list[ChatMessage]) -> None:

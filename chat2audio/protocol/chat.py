@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from chat2audio.speakers import STYLE_NAME
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -35,7 +37,7 @@ class ChatOptions(BaseModel):
         None, ge=-(2**53), le=2**53, description="Samples reproducibly: the same seed and request give the same reply."
     )
     style: str | None = Field(
-        None, max_length=32,
+        None, pattern=STYLE_NAME,
         description="Speak the whole reply in this style (mood) of the speaker (see GET /speakers); its tags in the "
         "reply are then ignored. Unset: the reply's own tags choose.",
     )

@@ -118,9 +118,11 @@ def test_a_request_may_pin_a_style_and_an_unknown_one_is_refused(server):
     sentences = [event for event in events(server, input=SCRIPT, style="sad") if event["type"] == "sentence"]
     assert [s["style"] for s in sentences] == ["sad"] * 3 and all("[" not in s["text"] for s in sentences)
     response = httpx.post(f"{server.base_url}/chat2audio", json={"speaker": "Aria", "input": "Hi.", "style": "grumpy"})
-    assert response.status_code == 422
+    assert response.status_code == 404  # like an unknown speaker: a name this server lacks
     error = response.json()["error"]
-    assert "grumpy" in error["message"] and "happy, sad" in error["message"]
+    assert error["type"] == "unknown_style" and "grumpy" in error["message"] and "happy, sad" in error["message"]
+    malformed = httpx.post(f"{server.base_url}/chat2audio", json={"speaker": "Aria", "input": "Hi.", "style": ""})
+    assert malformed.status_code == 422 and "style" in malformed.text
 
 
 def test_speakers_list_their_styles(server):
