@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -36,3 +38,42 @@ def test_speaker_file_helper_parses_through_the_registry(tmp_path):
     speaker = parse_speaker_file(path, prompts)
     assert speaker.problems == () and speaker.engine == "gpt-sovits"
     assert speaker.voice == tiny_voice(top_k=1, speed_factor=1.25)
+
+
+def test_timbre_weights_are_validated_with_a_clear_message():
+    voice = tiny_voice(timbre={"ref_audios/TinyA.wav": 1.0, "ref_audios/TinyB.wav": 3.0})
+    assert voice.timbre_weights() == {"ref_audios/TinyA.wav": 0.25, "ref_audios/TinyB.wav": 0.75}
+    assert voice.model_files()[-1] == "ref_audios/TinyB.wav" and len(voice.model_files()) == 4  # TinyA.wav once
+    assert tiny_voice().timbre_weights() == {"ref_audios/TinyA.wav": 1.0}
+    for bad, says in [
+        ({}, "name at least one clip"),
+        ({"ref_audios/TinyB.wav": 0.0}, "weights must be finite numbers > 0"),
+        ({"ref_audios/TinyB.wav": -1.0}, "ref_audios/TinyB.wav = -1.0"),
+        ({"ref_audios/TinyB.wav": float("inf")}, "weights must be finite numbers > 0"),
+        ({"../outside.wav": 1.0}, "must stay inside the models dir"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            tiny_voice(timbre=bad)
+        assert says in str(caught.value) and "timbre" in str(caught.value)
+
+
+def test_a_style_that_changes_ref_audio_keeps_the_base_voice_s_timbre():
+    from tts.gpt_sovits.cache import voice_key
+
+    base = tiny_voice(top_k=3)
+    style = base.with_style({"ref_audio": "ref_audios/TinyB.wav", "ref_text": "你好。"})
+    assert style.timbre == {"ref_audios/TinyA.wav": 1.0} and style.top_k == 3
+    assert base.with_style({"ref_text": "你好。"}).timbre is None  # same clip: same timbre already
+    blended = tiny_voice(timbre={"ref_audios/TinyB.wav": 2.0})
+    assert blended.with_style({"ref_audio": "ref_audios/TinyB.wav"}).timbre == {"ref_audios/TinyB.wav": 2.0}
+    assert base.with_style({"ref_audio": "ref_audios/TinyB.wav", "timbre": {"x.wav": 1.0}}).timbre == {"x.wav": 1.0}
+    with pytest.raises(ValidationError):
+        base.with_style({"timbre": {"x.wav": 0}})
+    hash(style)  # voices stay hashable with a timbre
+
+    models = Path("/models")
+    even = tiny_voice(timbre={"ref_audios/TinyA.wav": 1.0, "ref_audios/TinyB.wav": 1.0})
+    uneven = tiny_voice(timbre={"ref_audios/TinyA.wav": 1.0, "ref_audios/TinyB.wav": 2.0})
+    keys = {voice_key(v, models) for v in (base, style, blended, even, uneven)}
+    assert len(keys) == 5  # the timbre's clips and (normalised) weights are part of the cache key
+    assert voice_key(blended, models) == voice_key(tiny_voice(timbre={"ref_audios/TinyB.wav": 1.0}), models)
