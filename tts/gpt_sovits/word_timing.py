@@ -9,7 +9,7 @@ phonemes. Words are the g2p's (one character for Chinese), spelled as the senten
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ class SentenceWords:
     end_phone: np.ndarray  # one past each word's last phoneme
     told: int = 0  # words yielded so far
     told_until_s: float = 0.0  # where the last yielded word ends
-    head_s: float = field(default=0.0)  # audio trimmed off the sentence's head, in seconds
+    head_s: float = 0.0  # audio trimmed off the sentence's head, in seconds
 
     @classmethod
     def build(cls, text: str, word2ph: dict, norm_text: str, phonemes: int) -> SentenceWords | None:
@@ -109,7 +109,7 @@ class SentenceWords:
         for index in range(self.told, count):
             start = min(max(float(starts[index]) * frame_s - self.head_s, self.told_until_s), audio_s)
             end = min(max(float(ends[index]) * frame_s - self.head_s, start), audio_s)
-            words.append(WordTiming(self.texts[index], round(start, 4), round(end, 4)))
+            words.append(WordTiming(self.texts[index], start, end))
             self.told_until_s = words[-1].end_s
         self.told = max(self.told, count)
         return tuple(words)
