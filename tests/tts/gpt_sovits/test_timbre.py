@@ -47,7 +47,7 @@ async def test_a_style_speaks_from_its_own_clip_with_the_base_voice_s_timbre(gsv
     real_prompt, real_spec = tts._get_prompt, tts._get_spec
     # Spies that record the clip each reads, then compute with the real models.
     monkeypatch.setattr(
-        tts, "_get_prompt", lambda hubert, sovits, path: read["prompt"].append(path) or real_prompt(hubert, sovits, path)
+        tts, "_get_prompt", lambda hubert, model, path: read["prompt"].append(path) or real_prompt(hubert, model, path)
     )
     monkeypatch.setattr(tts, "_get_spec", lambda hps, path: read["spectrum"].append(path) or real_spec(hps, path))
     styled = joined(await collect(gsv_engine, SHORT, style))

@@ -6,10 +6,8 @@ import asyncio
 import time
 
 import numpy as np
-import pytest
-
-from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, start_tiny_engine, tiny_voice
-from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect, unhurried
+from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
+from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect_items, unhurried
 from tts.base import WordTimings
 from tts.gpt_sovits.word_timing import SentenceWords, monotonic_alignment
 
@@ -32,23 +30,16 @@ def test_the_alignment_is_gsv_tts_viterbi_path():
             np.testing.assert_array_equal(monotonic_alignment(attention.numpy()), expected)
 
 
-@pytest.fixture(scope="module")
-def timed_engine(tiny_gsv_models_dir, network_guard):
-    engine = start_tiny_engine(tiny_gsv_models_dir, cache_size=2, word_timings=True)
-    yield engine
-    asyncio.run(engine.stop())
-
-
-def test_words_are_the_sentence_s_spoken_characters_as_written(timed_engine):
+def test_words_are_the_sentence_s_spoken_characters_as_written(gsv_engine):
     from gsv_tts.TextProcessor import get_phones_and_bert
 
     def words_of(text):
-        phones, word2ph, _, norm_text = get_phones_and_bert(text, timed_engine.cache.tts.tts_config, "zh")
+        phones, word2ph, _, norm_text = get_phones_and_bert(text, gsv_engine.cache.tts.tts_config, "zh")
         return SentenceWords.build(text, word2ph, norm_text, len(phones))
 
     # Digits are read as Chinese numerals; the words are still as written ("12", not "十二").
     for text in ("你好，很高兴认识你。", "今天是12月3日，好！"):
-        words = timed_engine._worker.submit(words_of, text).result()
+        words = gsv_engine._worker.submit(words_of, text).result()
         assert "".join(words.texts) == _spoken(text), words.texts
     unaccounted = {"word": ["你", "好"], "ph": [2, 2]}  # 4 of the 5 phonemes
     assert SentenceWords.build("你好。", unaccounted, "你好", 5) is None
@@ -73,17 +64,17 @@ def _check(items: list, text: str) -> tuple[np.ndarray, list]:
     return np.concatenate(audio), words
 
 
-async def test_a_whole_sentence_comes_with_its_words(timed_engine):
-    items = await collect(timed_engine, SHORT, tiny_voice())
+async def test_a_whole_sentence_comes_with_its_words(gsv_engine):
+    items = await collect_items(gsv_engine, SHORT, tiny_voice())
     audio, words = _check(items, SHORT)
     assert len([item for item in items if isinstance(item, WordTimings)]) == 1
     assert words[-1].end_s > 0  # the words are heard somewhere in the audio
 
 
-async def test_a_streamed_sentence_s_words_come_as_their_audio_is_made(timed_engine):
+async def test_a_streamed_sentence_s_words_come_as_their_audio_is_made(gsv_engine):
     voice = tiny_voice(**DETERMINISTIC)
     with unhurried():
-        items = await collect(timed_engine, LONG, voice, streaming=True)
+        items = await collect_items(gsv_engine, LONG, voice, streaming=True)
     audio, words = _check(items, LONG)
     assert sum(isinstance(item, np.ndarray) for item in items) >= 3
     # Each WordTimings comes after audio that covers the start of each of its words.
@@ -94,31 +85,31 @@ async def test_a_streamed_sentence_s_words_come_as_their_audio_is_made(timed_eng
         else:
             assert all(word.start_s <= heard / SAMPLE_RATE for word in item.words)
     # The same engine without timings makes the same audio: timing words changes nothing heard.
-    timed_engine._batcher.word_timings = False
+    gsv_engine._batcher.word_timings = False
     try:
         with unhurried():
-            plain = await collect(timed_engine, LONG, voice, streaming=True)
+            plain = await collect_items(gsv_engine, LONG, voice, streaming=True)
     finally:
-        timed_engine._batcher.word_timings = True
+        gsv_engine._batcher.word_timings = True
     np.testing.assert_array_equal(np.concatenate(plain), audio)
 
 
-async def test_sentences_decoding_together_each_get_their_own_words(timed_engine):
+async def test_sentences_decoding_together_each_get_their_own_words(gsv_engine):
     jobs = [(text, streaming) for text in SPOKEN_TEXTS for streaming in (False, True)]
     voices = [tiny_voice("TinyA"), tiny_voice("TinyB", speed_factor=1.5)]
     with unhurried():
         results = await asyncio.gather(
-            *(collect(timed_engine, text, voices[i % 2], streaming=s) for i, (text, s) in enumerate(jobs))
+            *(collect_items(gsv_engine, text, voices[i % 2], streaming=s) for i, (text, s) in enumerate(jobs))
         )
-    assert timed_engine.stats.largest_batch >= 2
+    assert gsv_engine.stats.largest_batch >= 2
     for (text, _), items in zip(jobs, results):
         _check(items, text)
 
 
-async def test_word_timing_costs_little_per_sentence(timed_engine):
-    stats = timed_engine.stats
+async def test_word_timing_costs_little_per_sentence(gsv_engine):
+    stats = gsv_engine.stats
     seconds, calls, began = stats.stage_seconds["words"], stats.stage_calls["words"], time.perf_counter()
-    await collect(timed_engine, LONG, tiny_voice())
+    await collect_items(gsv_engine, LONG, tiny_voice())
     spent = stats.stage_seconds["words"] - seconds
     assert stats.stage_calls["words"] == calls + 1
     print(f"word timing: {1000 * spent:.1f} ms of a {1000 * (time.perf_counter() - began):.0f} ms sentence")
