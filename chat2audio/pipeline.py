@@ -9,8 +9,9 @@ While sentence n is being synthesized the LLM keeps writing sentence n+1. Closin
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Union
@@ -22,7 +23,7 @@ from chat2audio.runtime.scheduling import speaking_by
 from chat2audio.runtime.text import is_cjk, is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
-from tts.base import TTSEngine, VoiceParams
+from tts.base import TTSEngine, VoiceParams, WordTiming, WordTimings
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,23 @@ class SentenceDone:
     none re-collects chunks. `text` is as written; `speech` what was said (a translation, or
     the same); `audio` all of its samples (empty for text-only replies); `separator` what goes
     before it when the reply is joined (see `join_sentences`), so that a transcript grows by
-    `separator + text`."""
+    `separator + text`. `style` is the mood it was spoken in (None: the voice's own);
+    `offset_s` where its audio starts in the reply's; `words` when each word is heard, from
+    its first sample (None where the engine does not say)."""
 
     index: int
     text: str
     speech: str
     audio: np.ndarray
     separator: str
+    style: str | None = None
+    offset_s: float = 0.0
+    words: tuple[WordTiming, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ReplyFinished:
-    """The last item of a reply: what was written and what was spoken."""
+    """The last item of a reply: what was written (its style tags taken out) and what was spoken."""
 
     raw_text: str
     spoken: tuple[str, ...]
@@ -143,9 +149,14 @@ async def speak_reply(
     staging: Staging = Staging(),
     *,
     translate: Translator | None = None,
+    styles: Mapping[str, VoiceParams] | None = None,
+    style: str | None = None,
 ) -> AsyncIterator[ReplyItem]:
     """Yield the reply's audio chunk by chunk, a SentenceDone after each sentence's last chunk,
     then one ReplyFinished.
+
+    `styles` are the voice's moods: a tag naming one ("[happy]") in the reply switches the voice
+    to it from there on (`style`: the one before any tag; None: `voice` itself).
 
     Without `tts` (text-only replies) each sentence comes as a SentenceDone without audio. With
     `translate`, each sentence is translated before synthesis, in a stage of its own, so the
@@ -157,38 +168,59 @@ async def speak_reply(
     written: asyncio.Queue = asyncio.Queue(maxsize=staging.queue_size)
     playback = _Playback(tts.sample_rate(voice) if tts is not None and voice is not None else 0)
     running_dry = playback.running_dry if staging.by_deadline and tts is not None else None
-    writer = _write_sentences(
-        llm, messages, options, SentenceSplitter(staging.splitter), written, written_so_far, deadline, running_dry
-    )
+    styles = styles or {}
+    splitter = SentenceSplitter(staging.splitter, styles=frozenset(styles), style=style)
+    writer = _write_sentences(llm, messages, options, splitter, written, written_so_far, deadline, running_dry)
     stages = [asyncio.create_task(writer, name="reply-writer")]
     to_speak = written
     if translate is not None:
         to_speak = asyncio.Queue(maxsize=staging.queue_size)
         stages.append(asyncio.create_task(_translate_stage(written, to_speak, translate, deadline)))
     spoken: list[str] = []
+    samples_before = 0
     try:
         index = 0
         while (sentence := await _next_sentence(to_speak, deadline)) is not None:
             text, speech = sentence
             if not is_speakable(speech):
                 continue
+            sentence_style = getattr(text, "style", None)
             audio: list[np.ndarray] = []
+            words: list[WordTiming] | None = None
             if tts is not None:
                 due = playback.runs_dry_at() if staging.by_deadline else time.monotonic()
-                chunks = _synthesize(tts, speech, voice, staging.stream_sentences, due, deadline)
+                sentence_voice = styles.get(sentence_style, voice) if sentence_style else voice
+                chunks = _synthesize(tts, speech, sentence_voice, staging.stream_sentences, due, deadline)
                 async with aclosing(chunks):
                     async for chunk in chunks:
-                        if chunk.size:
+                        if isinstance(chunk, WordTimings):
+                            words = (words or []) + list(chunk.words)
+                        elif chunk.size:
                             playback.add(chunk)
                             audio.append(chunk)
                             yield AudioChunk(index, chunk)
             separator = separator_between(spoken[-1] if spoken else "", text)
             spoken.append(text)
-            yield SentenceDone(index, text, speech, np.concatenate(audio) if audio else _NO_AUDIO, separator)
+            sentence_audio = np.concatenate(audio) if audio else _NO_AUDIO
+            offset_s = samples_before / playback.sample_rate if playback.sample_rate else 0.0
+            yield SentenceDone(
+                index, str(text), speech, sentence_audio, separator, sentence_style, offset_s,
+                tuple(words) if words is not None else None,
+            )
+            samples_before += sentence_audio.size
             index += 1
     finally:
         await _stop_stages(stages, [written, to_speak])
-    yield ReplyFinished(written_so_far.raw_text, tuple(spoken), written_so_far.finish_reason, written_so_far.llm_done_s)
+    shown = without_style_tags(written_so_far.raw_text, styles)
+    yield ReplyFinished(shown, tuple(spoken), written_so_far.finish_reason, written_so_far.llm_done_s)
+
+
+def without_style_tags(text: str, styles: Mapping[str, object]) -> str:
+    """`text` without the tags of `styles` ("[happy] "): they are cues, not words."""
+    if not styles:
+        return text
+    names = "|".join(re.escape(name) for name in styles)
+    return re.sub(rf"\[\s*(?:{names})\s*\]\s*", "", text, flags=re.IGNORECASE)
 
 
 async def _write_sentences(
@@ -268,7 +300,7 @@ class _Playback:
 
 async def _synthesize(
     tts: TTSEngine, text: str, voice: VoiceParams | None, streaming: bool, due: float, deadline: _Deadline
-) -> AsyncIterator[np.ndarray]:
+) -> AsyncIterator[np.ndarray | WordTimings]:
     """One sentence's audio; its synthesis is scheduled by `due` on engines that schedule by
     deadline (the job is submitted at the first step, inside `speaking_by`)."""
     chunks = tts.synthesize(text, voice, streaming=streaming)

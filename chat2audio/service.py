@@ -85,6 +85,11 @@ class _Turn:
     user_input: str
     voice: VoiceInput | None
     transcript: str | None = None
+    style: str | None = None  # the request pinned the whole reply to this style
+
+    def styles(self) -> dict[str, VoiceParams]:
+        """The styles the reply's tags may switch to: none when the request pinned one."""
+        return {} if self.style else self.speaker.styles
 
     @property
     def sample_rate(self) -> int:
@@ -220,9 +225,13 @@ class ChatService:
             )
         speaker = self.registry.get(speaker_id)
         assert speaker.voice is not None
+        # Style tags in the text switch styles, unless the request brought its own voice settings.
+        styles = {} if voice is not None else speaker.styles
         voice = voice or speaker.voice
-        voice = voice.at_speed(speed) if speed != 1.0 else voice
-        turn = _Turn(caller, replace(speaker, voice=voice), self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
+        if speed != 1.0:
+            voice, styles = voice.at_speed(speed), {name: style.at_speed(speed) for name, style in styles.items()}
+        speaker = replace(speaker, voice=voice, styles=styles)
+        turn = _Turn(caller, speaker, self.registry.engine_for(speaker), GenerationOptions(), None, text, None)
         async with AsyncExitStack() as holding:
             await holding.enter_async_context(self.admission.ticket())
             await holding.enter_async_context(self.admission.running())
@@ -235,8 +244,8 @@ class ChatService:
     ) -> AsyncIterator[ReplyEvent]:
         """An admitted turn from ReplyStarted on: its voice held (in `holding`) for the whole
         reply, then the pipeline's items."""
-        if turn.engine is not None and turn.speaker.voice is not None:
-            await holding.enter_async_context(hold_voice(turn.engine, turn.speaker.voice))
+        for voice in turn.speaker.voices() if turn.engine is not None else []:
+            await holding.enter_async_context(hold_voice(turn.engine, voice))
         yield ReplyStarted(turn.caller.request_id, turn.speaker.id, turn.sample_rate, turn.session_id, turn.transcript)
         async with aclosing(self._speak(turn, messages, llm=llm)) as items:
             async for item in items:
@@ -263,7 +272,10 @@ class ChatService:
         if request.stop:
             overrides["stop"] = tuple(request.stop)
         options = replace(options, **overrides)
-        return _Turn(caller, speaker, engine, options, request.session_id, text or "", voice)
+        if request.style is not None and request.style not in speaker.styles:
+            known = ", ".join(speaker.styles) or "none"
+            raise InvalidInput(f"speaker {speaker.id!r} has no style {request.style!r} (its styles: {known})", param="style")
+        return _Turn(caller, speaker, engine, options, request.session_id, text or "", voice, style=request.style)
 
     def _check_messages(self, messages: list[ChatMessage]) -> None:
         """A client-kept conversation within the limits: at most `max_messages` messages, each
@@ -311,7 +323,12 @@ class ChatService:
         return await asyncio.get_running_loop().run_in_executor(self._prompt_fitter, fit)
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
-        return [ChatMessage("system", turn.speaker.system_prompt)] if turn.speaker.system_prompt else []
+        """The speaker's persona, told the style tags it may use (none when the request pinned one)."""
+        prompt = turn.speaker.system_prompt
+        if (styles := turn.styles()) and turn.engine is not None:
+            tags = ", ".join(f"[{name}]" for name in styles)
+            prompt = f"{prompt}\n\n{self.settings.style_prompt.format(tags=tags)}".strip()
+        return [ChatMessage("system", prompt)] if prompt else []
 
     def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter, bool]:
         """Tokens the prompt may take (the context less the reply's room; None: unknown), how to
@@ -339,8 +356,8 @@ class ChatService:
             stream_sentences=turn.caller.streaming,
         )
         pipeline = self._reply_pipeline(
-            writer, turn.engine, turn.speaker.voice, messages, turn.options, staging,
-            translate=self._translator(turn.speaker) if translates else None,
+            writer, turn.engine, turn.speaker.voice_in(turn.style), messages, turn.options, staging,
+            translate=self._translator(turn.speaker) if translates else None, styles=turn.styles(), style=turn.style,
         )
         started, first_audio, samples = time.perf_counter(), None, 0
         spoken: list[str] = []

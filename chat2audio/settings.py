@@ -155,6 +155,12 @@ class Settings(BaseSettings):
         description="system prompt of the per-sentence translation step ({source}, {target} filled in)",
     )
 
+    style_prompt: str = Field(
+        "Your voice can carry a mood. To say a sentence in one, start it with its tag, one of: {tags}. "
+        "The mood holds until the next tag. Use a tag only where your mood changes.",
+        description="added to the role prompt of speakers with styles ({tags} filled in, e.g. \"[happy], [sad]\")",
+    )
+
     openai_default_voice: str = Field(
         "Aria",
         description="the speaker that OpenAI's stock voice names (alloy, nova, …) map to when no speaker file "

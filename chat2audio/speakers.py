@@ -25,6 +25,7 @@ from tts.base import TTSEngine, VoiceParams
 log = logging.getLogger(__name__)
 
 SPEAKER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STYLE_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 class GenerationOverrides(BaseModel):
@@ -61,6 +62,10 @@ class SpeakerFile(BaseModel):
     )
     llm: GenerationOverrides = Field(default_factory=GenerationOverrides)
     voice: dict = Field(default_factory=dict)
+    styles: dict[Annotated[str, Field(pattern=STYLE_NAME)], dict] = Field(
+        default_factory=dict,
+        description="moods: `[styles.<name>]` tables of `[voice]` fields that differ (the LLM switches with \"[name]\")",
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Speaker:
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
     speech_language: str | None = None
     openai_voices: tuple[str, ...] = ()
+    styles: dict[str, VoiceParams] = field(default_factory=dict)  # name → the voice in that mood
     problems: tuple[str, ...] = ()  # the speaker cannot talk at all (file or prompt broken)
     voice_problems: tuple[str, ...] = ()  # it cannot speak aloud (engine, voice, model files)
 
@@ -97,6 +103,14 @@ class Speaker:
         if self.voice is None or not any(problem.startswith("missing ") for problem in self.voice_problems):
             return None
         return self.voice.download_command(self.id)
+
+    def voice_in(self, style: str | None) -> VoiceParams | None:
+        """The voice in `style` (its own voice for None)."""
+        return self.styles[style] if style else self.voice
+
+    def voices(self) -> list[VoiceParams]:
+        """Its voice and each of its styles'."""
+        return [self.voice, *self.styles.values()] if self.voice is not None else []
 
     @property
     def translates(self) -> bool:
@@ -141,6 +155,14 @@ def parse_speaker_file(path: Path, prompts_dir: Path) -> Speaker:
             voice_problems.append(f"engine {spec.engine!r} is not installed ({error.name or error})")
         except ValidationError as error:
             voice_problems.extend(f"{path.name}: {p}" for p in _field_errors(error, prefix="voice."))
+        if speaker.voice is not None:
+            styles: dict[str, VoiceParams] = {}
+            for name, table in spec.styles.items():
+                try:
+                    styles[name] = speaker.voice.with_style(table)
+                except ValidationError as error:
+                    voice_problems.extend(f"{path.name}: {p}" for p in _field_errors(error, prefix=f"styles.{name}."))
+            speaker = replace(speaker, styles=styles)
     prompt_path = prompts_dir / f"{spec.prompt or speaker_id}.md"
     try:
         speaker = replace(speaker, system_prompt=prompt_path.read_text(encoding="utf-8").strip())
@@ -199,7 +221,7 @@ class SpeakerRegistry:
             elif speaker.engine in engine_problems:
                 problems.append(engine_problems[speaker.engine])
             elif speaker.engine in engines:
-                problems.extend(engines[speaker.engine].check_voice(speaker.voice, models_dir))
+                problems.extend(_voice_problems(engines[speaker.engine], speaker, models_dir))
             speaker = replace(speaker, voice_problems=tuple(problems))
             self._speakers[speaker_id] = speaker
             if speaker.reason:  # files not downloaded or an engine not started: the summary counts them
@@ -245,7 +267,7 @@ class SpeakerRegistry:
         if engine is None or speaker.voice is None or self._models_dir is None:
             return speaker  # no started engine: nothing can change until the next start-up
         parsed = self._parsed[speaker.id].voice_problems
-        problems = parsed + tuple(engine.check_voice(speaker.voice, self._models_dir))
+        problems = parsed + tuple(_voice_problems(engine, speaker, self._models_dir))
         if problems == speaker.voice_problems:
             return speaker
         speaker = replace(speaker, voice_problems=problems)
@@ -259,3 +281,12 @@ class SpeakerRegistry:
     def engine_for(self, speaker: Speaker) -> TTSEngine:
         assert speaker.engine is not None
         return self.engines[speaker.engine]
+
+
+def _voice_problems(engine: TTSEngine, speaker: Speaker, models_dir: Path) -> list[str]:
+    """What keeps the speaker's voice, or one of its styles, from speaking."""
+    assert speaker.voice is not None
+    problems = engine.check_voice(speaker.voice, models_dir)
+    for name, voice in speaker.styles.items():
+        problems += [f"style {name}: {problem}" for problem in engine.check_voice(voice, models_dir) if problem not in problems]
+    return problems

@@ -103,8 +103,11 @@ class SpeechFilter:
     closing fence (or the end); `inline code` is spoken without its backticks.
     """
 
-    def __init__(self, speak: Callable[[str], None], max_span: int) -> None:
+    def __init__(
+        self, speak: Callable[[str], None], max_span: int, on_dropped: Callable[[str], None] | None = None
+    ) -> None:
         self._speak = speak
+        self._on_dropped = on_dropped  # told each unspoken span dropped (the splitter reads style tags)
         self._max_span = max_span
         self._prev, self._line_start = "", True  # the raw character before; only spaces since "\n"
         self._pending = ""  # "*", "<" or a line-start "-"/"+": the next character tells what it is
@@ -184,6 +187,8 @@ class SpeechFilter:
                 span, self._span = self._span, ""
                 if opener in BRACKETS and not any(c.isalpha() for c in span):
                     self._replay(span)  # "[1, 2, 3]": numbers, not a stage direction
+                elif self._on_dropped is not None:
+                    self._on_dropped(span)
                 return
         elif ch == opener:
             self._depth += 1

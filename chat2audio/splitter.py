@@ -28,7 +28,26 @@ from chat2audio.sentence_ends import (
 )
 from chat2audio.speech_filter import MAX_UNSPOKEN_SPAN, SpeechFilter, speakable_text, spell_symbols, tidy
 
-__all__ = ["SentenceSplitter", "SplitterConfig", "ends_sentence", "speakable_text"]
+__all__ = ["Sentence", "SentenceSplitter", "SplitterConfig", "ends_sentence", "speakable_text", "style_tag"]
+
+
+class Sentence(str):
+    """A sentence the splitter emits: its text (a `str`, for everything that needs no more), and
+    the style (mood) it is spoken in, set by the last style tag before it (None: the voice's own)."""
+
+    style: str | None
+
+    def __new__(cls, text: str, style: str | None = None) -> Sentence:
+        sentence = super().__new__(cls, text)
+        sentence.style = style
+        return sentence
+
+
+def style_tag(span: str) -> str | None:
+    """The style a dropped span names, if it is a tag like "[happy]" (case and spaces ignored)."""
+    if len(span) < 3 or span[0] != "[" or span[-1] != "]":
+        return None
+    return span[1:-1].strip().lower() or None
 
 @dataclass(frozen=True)
 class SplitterConfig:
@@ -48,12 +67,18 @@ class SplitterConfig:
 class SentenceSplitter:
     """Feed text pieces with `feed`, then call `finish` once; both return finished sentences."""
 
-    def __init__(self, config: SplitterConfig | None = None) -> None:
+    def __init__(
+        self, config: SplitterConfig | None = None, *, styles: frozenset[str] = frozenset(), style: str | None = None
+    ) -> None:
+        """`styles`: the style names whose tags ("[happy]") switch the style of what follows
+        (other tags are dropped like any stage direction); `style`: the one before any tag."""
         self.config = config or SplitterConfig()
+        self._styles = styles
+        self.style = style
         self._buffer = ""  # spoken text not yet emitted
         self._weight = 0  # speech_weight(self._buffer), kept as characters come: no rescan per character
         self._quotes: Counter = Counter()  # quote marks spoken so far, to know if one is open
-        self._filter = SpeechFilter(self._push_spoken, self.config.max_unspoken_span)
+        self._filter = SpeechFilter(self._push_spoken, self.config.max_unspoken_span, self._on_dropped)
         self._out: list[str] = []
         self._emitted_count = 0
         self._finished = False
@@ -96,6 +121,17 @@ class SentenceSplitter:
             self._emit(head)
         out, self._out = self._out, []
         return out
+
+    def _on_dropped(self, span: str) -> None:
+        """A style tag ends the sentence before it (whatever its length) and styles what follows."""
+        style = style_tag(span)
+        if style not in self._styles or style == self.style:
+            return
+        if is_speakable(self._buffer):
+            text = self._buffer
+            self._set_buffer("")
+            self._emit(text)
+        self.style = style
 
     def _push_spoken(self, ch: str) -> None:
         if ch.isspace() and self._buffer[-1:].isspace():
@@ -169,7 +205,7 @@ class SentenceSplitter:
             sentence = spell_symbols(sentence)
         sentence = tidy(sentence)
         if sentence:
-            self._out.append(sentence)
+            self._out.append(Sentence(sentence, self.style))
             self._emitted_count += 1
 
 

@@ -16,15 +16,33 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from tts.base import TTSError, VoiceParams
 from chat2audio.runtime.scheduling import DeadlineExecutor
 from chat2audio.runtime.threads import stream_from_thread
+from tts.base import SpeechItem, TTSError, VoiceParams, WordTiming, WordTimings
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_EVENT_END_OF_LIST, _EVENT_WORD, _EVENT_CLAUSE_END = 0, 1, 5
+# A word's start and end are moved past the quiet samples at its edges (eSpeak reports where its
+# slot begins, pauses included): a 10 ms frame quieter than this is not speech.
+_QUIET = 0.01
+_FRAME_S = 0.01
+_WORD_EDGE = " \t\n.,;:!?…。，、；：！？\"'()“”‘’«»-—"
+
+
+class _Event(ctypes.Structure):
+    """`espeak_EVENT` of speak_lib.h; `sample` counts from the start of the synthesis."""
+
+    _fields_ = [
+        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8),
+    ]
+
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 # espeak renders close to full scale; leave headroom so encoded audio never clips.
 _GAIN = 0.8
 
@@ -59,6 +77,7 @@ class EspeakEngine:
         # A single thread: libespeak-ng's state belongs to whoever calls it, one caller at a time.
         self._worker = DeadlineExecutor("espeak")  # one synthesis at a time, most urgent first
         self._callback_target: Callable[[np.ndarray], bool] | None = None
+        self._marks: list[tuple[int, int, bool]] = []  # (sample, text position, starts a word) this synthesis
         self._c_callback = _SYNTH_CALLBACK(self._on_samples)  # kept alive as long as the engine
 
     async def start(self) -> None:
@@ -82,10 +101,11 @@ class EspeakEngine:
 
     def synthesize(
         self, text: str, voice: VoiceParams, *, streaming: bool = False
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncIterator[SpeechItem]:
+        """The sentence's audio, then its words' timings, from eSpeak's word events."""
         assert isinstance(voice, EspeakVoice)
 
-        def produce(emit: Callable[[np.ndarray], bool], cancelled: threading.Event) -> None:
+        def produce(emit: Callable[[SpeechItem], bool], cancelled: threading.Event) -> None:
             self._synthesize_blocking(text, voice, emit, cancelled, merge=not streaming)
 
         return stream_from_thread(produce, executor=self._worker)
@@ -118,8 +138,14 @@ class EspeakEngine:
             self._known_voices = {path.name.lower() for path in files if path.is_file()}
         return name.lower() in self._known_voices
 
-    def _on_samples(self, samples, count: int, _events) -> int:
+    def _on_samples(self, samples, count: int, events) -> int:
         # Called by libespeak-ng inside espeak_Synth; returning 1 aborts the synthesis.
+        index = 0
+        while events and events[index].type != _EVENT_END_OF_LIST:
+            event = events[index]
+            if event.type in (_EVENT_WORD, _EVENT_CLAUSE_END):
+                self._marks.append((event.sample, event.text_position, event.type == _EVENT_WORD))
+            index += 1
         if count > 0 and samples and self._callback_target is not None:
             pcm = np.ctypeslib.as_array(samples, shape=(count,)).astype(np.float32) / 32768.0
             if not self._callback_target(pcm):
@@ -130,7 +156,7 @@ class EspeakEngine:
         self,
         text: str,
         voice: EspeakVoice,
-        emit: Callable[[np.ndarray], bool],
+        emit: Callable[[SpeechItem], bool],
         cancelled: threading.Event,
         *,
         merge: bool,
@@ -144,21 +170,48 @@ class EspeakEngine:
         lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
         lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
         lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
-        pieces: list[np.ndarray] = []
+        pieces: list[np.ndarray] = []  # all of it: the words' edges are found in it
 
         def receive(pcm: np.ndarray) -> bool:
             if cancelled.is_set():
                 return False
-            if merge:
-                pieces.append(pcm * _GAIN)
-                return True
-            return emit(pcm * _GAIN)
+            pieces.append(pcm * _GAIN)
+            return merge or emit(pieces[-1])
 
-        self._callback_target = receive
+        self._callback_target, self._marks = receive, []
         try:
             encoded = text.encode("utf-8") + b"\0"
             lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         finally:
             self._callback_target = None
-        if merge and pieces and not cancelled.is_set():
-            emit(np.concatenate(pieces))
+        if not pieces or cancelled.is_set():
+            return
+        audio = np.concatenate(pieces)
+        if merge and not emit(audio):
+            return
+        words = word_timings(text, self._marks, audio, self._sample_rate)
+        if words:
+            emit(WordTimings(words))
+
+
+def word_timings(
+    text: str, marks: list[tuple[int, int, bool]], audio: np.ndarray, sample_rate: int
+) -> tuple[WordTiming, ...]:
+    """Words from eSpeak's marks (sample, 1-based character position, starts a word; the others
+    end a clause): a word runs to the next mark, its text is what lies between their positions
+    (punctuation trimmed), and its edges are moved past quiet audio, so a word ends where its
+    sound does, not after the pause that follows it."""
+    frame = max(1, round(_FRAME_S * sample_rate))
+    frames = audio[: len(audio) // frame * frame].reshape(-1, frame)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) >= _QUIET)
+    ends = [*marks[1:], (len(audio), len(text) + 1, False)]
+    words = []
+    for (start, position, is_word), (end, next_position, _) in zip(marks, ends):
+        word = text[position - 1 : next_position - 1].strip(_WORD_EDGE)
+        if not is_word or not word:
+            continue
+        inside = loud[(loud >= start // frame) & (loud < end // frame)]
+        if inside.size:
+            start, end = max(start, int(inside[0]) * frame), min(end, (int(inside[-1]) + 1) * frame)
+        words.append(WordTiming(word, round(start / sample_rate, 3), round(max(start, end) / sample_rate, 3)))
+    return tuple(words)

@@ -11,7 +11,7 @@ from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, event_stream
 from chat2audio.http.parsing import ChatInput, parse_chat_request
 from chat2audio.http.responders import AudioAnswer, EventsAnswer, caller_of, respond_audio
-from chat2audio.protocol.chat import ChatRequest, ErrorResponse
+from chat2audio.protocol.chat import ChatRequest, ErrorResponse, event_schema
 
 router = protected_router()
 
@@ -19,7 +19,14 @@ router = protected_router()
 @router.post(
     "/chat2audio",
     responses={
-        200: {"content": {media_type: {} for media_type in AUDIO_AND_EVENT_MEDIA_TYPES}, "description": "The spoken reply."},
+        200: {
+            "content": {
+                media_type: {"schema": event_schema()} if media_type == "text/event-stream" else {}
+                for media_type in AUDIO_AND_EVENT_MEDIA_TYPES
+            },
+            "description": "The spoken reply. With format events or text: server-sent events, each `data:` line one "
+            "JSON event (schema here).",
+        },
         415: {"model": ErrorResponse},
     },
     response_class=Response,

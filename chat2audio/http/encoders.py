@@ -25,11 +25,11 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from chat2audio.audio import wav_bytes
+from chat2audio.audio import MOUTH_FRAME_S, mouth_envelope, wav_bytes
 from chat2audio.codecs import MEDIA_TYPES, StreamEncoder
 from chat2audio.http.errors import error_detail
 from chat2audio.pipeline import AudioChunk, ReplyFinished, ReplyItem, SentenceDone
-from chat2audio.protocol.chat import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent
+from chat2audio.protocol.chat import DoneEvent, ErrorDetail, ErrorEvent, SentenceEvent, StartEvent, WordTimingInfo
 from chat2audio.service import ReplyEvent, ReplyStarted
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ AUDIO_AND_EVENT_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), "text/event-stream"
 # Proxies commonly refuse responses whose headers exceed 4-8 KB (nginx: 502); percent-encoded
 # Chinese takes 9 bytes a character, so a long reply would not fit.
 MAX_TEXT_HEADER_BYTES = 1536
+MAX_TIMINGS_HEADER_BYTES = 3072  # X-Word-Timings: ~100 words (see above); the events format carries any number
 
 
 @dataclass
@@ -135,43 +136,67 @@ async def event_stream(reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
                     ))
                 elif isinstance(item, SentenceDone):
                     total_samples += item.audio.size
-                    yield event(SentenceEvent(
-                        index=item.index, text=item.text, speech_text=item.speech if item.speech != item.text else None,
-                        audio_wav_base64=base64.b64encode(wav_bytes(item.audio, rate)).decode() if rate else None,
-                        audio_seconds=item.audio.size / rate if rate else 0.0, elapsed_seconds=_since(reply.arrived),
-                    ))
+                    yield event(sentence_event(item, rate, _since(reply.arrived)))
         except Exception as error:
             failure = error_detail(error, reply.request_id)
             yield event(ErrorEvent(error=ErrorDetail(type=failure.type, message=failure.message)))
 
 
+def sentence_event(sentence: SentenceDone, rate: int, elapsed_s: float) -> SentenceEvent:
+    """The `sentence` event of the events format: its text, style, audio, timings and mouth."""
+    speaks = bool(rate and sentence.audio.size)
+    return SentenceEvent(
+        index=sentence.index, text=sentence.text, speech_text=sentence.speech if sentence.speech != sentence.text else None,
+        style=sentence.style, audio_wav_base64=base64.b64encode(wav_bytes(sentence.audio, rate)).decode() if rate else None,
+        audio_seconds=sentence.audio.size / rate if rate else 0.0, offset_s=round(sentence.offset_s, 3),
+        words=word_infos(sentence), mouth=mouth_envelope(sentence.audio, rate) if speaks else None,
+        mouth_frame_s=MOUTH_FRAME_S, elapsed_seconds=elapsed_s,
+    )
+
+
+def word_infos(sentence: SentenceDone, *, from_reply_start: bool = False) -> list[WordTimingInfo] | None:
+    """The sentence's word timings on the wire, from its own start (or from the reply's)."""
+    if sentence.words is None:
+        return None
+    shift = sentence.offset_s if from_reply_start else 0.0
+    return [
+        WordTimingInfo(text=word.text, start_s=round(word.start_s + shift, 3), end_s=round(word.end_s + shift, 3))
+        for word in sentence.words
+    ]
+
+
 @dataclass(frozen=True)
 class WholeFile:
-    """A reply's audio as one complete file, and what was said."""
+    """A reply's audio as one complete file, what was said, and when each word is heard in it
+    (None where the engine does not say)."""
 
     data: bytes
     media_type: str
     sample_rate: int
     seconds: float
     finished: ReplyFinished
+    words: list[WordTimingInfo] | None = None
 
 
 async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> WholeFile:
     """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
     ones); a failure on the way is raised (nothing was sent). The encoding runs on a worker thread."""
     sentences: list[np.ndarray] = []
+    words: list[WordTimingInfo] | None = None
     finished: ReplyFinished | None = None
     async with aclosing(reply.rest):
         async for item in reply.items():
             if isinstance(item, SentenceDone):
                 sentences.append(item.audio)
+                if (timed := word_infos(item, from_reply_start=True)) is not None:
+                    words = (words or []) + timed
             elif isinstance(item, ReplyFinished):
                 finished = item
     assert finished is not None
     samples = np.concatenate(sentences) if sentences else np.zeros(0, dtype=np.float32)
     rate = reply.started.sample_rate
     data, media_type, output_rate = await asyncio.to_thread(_encode_whole, samples, rate, audio_format, output_rate)
-    return WholeFile(data, media_type, output_rate, samples.size / rate if rate else 0.0, finished)
+    return WholeFile(data, media_type, output_rate, samples.size / rate if rate else 0.0, finished, words)
 
 
 def _encode_whole(samples: np.ndarray, rate: int, audio_format: str, output_rate: int | None) -> tuple[bytes, str, int]:
@@ -192,6 +217,26 @@ def text_headers(finished: ReplyFinished) -> dict[str, str]:
     headers = {"X-Reply-Text": reply, "X-Spoken-Text": spoken}
     if reply_cut or spoken_cut:
         headers["X-Text-Truncated"] = "true; use format=events for the whole text"
+    return headers
+
+
+def timing_headers(words: list[WordTimingInfo] | None) -> dict[str, str]:
+    """`X-Word-Timings`: the words of a whole file, from its start, as percent-encoded JSON
+    (`[{"text", "start_s", "end_s"}, …]`), as many as fit `MAX_TIMINGS_HEADER_BYTES`; when cut,
+    `X-Word-Timings-Truncated` says so. None where the engine does not say."""
+    if words is None:
+        return {}
+    kept: list[str] = []
+    size = len("%5B%5D")
+    for word in words:
+        piece = quote(json.dumps(word.model_dump(), ensure_ascii=False, separators=(",", ":")), safe="")
+        size += len(piece) + (len("%2C") if kept else 0)
+        if size > MAX_TIMINGS_HEADER_BYTES:
+            break
+        kept.append(piece)
+    headers = {"X-Word-Timings": "%5B" + "%2C".join(kept) + "%5D"}
+    if len(kept) < len(words):
+        headers["X-Word-Timings-Truncated"] = "true; use format=events for every word"
     return headers
 
 

@@ -27,13 +27,20 @@ from sse_starlette import ServerSentEvent
 from chat2audio.codecs import StreamEncoder
 from chat2audio.context import estimate_tokens
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_audio
+from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_audio, word_infos
 from chat2audio.http.errors import error_detail
 from chat2audio.http.responders import AudioAnswer, EventsAnswer, JsonAnswer, caller_of, respond_audio
 from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone
 from chat2audio.protocol.openai import (
-    CHAT_MODEL, PCM_RATE, SPEECH_MODELS, ChatCompletionRequest, OpenAIError, SpeechRequest, Voice,
-    VoiceRef, chat_messages,
+    CHAT_MODEL,
+    PCM_RATE,
+    SPEECH_MODELS,
+    ChatCompletionRequest,
+    OpenAIError,
+    SpeechRequest,
+    Voice,
+    VoiceRef,
+    chat_messages,
 )
 from chat2audio.service import ChatService
 from chat2audio.speakers import Speaker
@@ -120,6 +127,7 @@ class _Completion:
     async def whole(self, reply: OpenedReply) -> dict[str, Any]:
         encoder = self._encoder(reply)
         audio = bytearray()
+        words: list[dict[str, Any]] | None = None
         finished: ReplyFinished | None = None
         try:
             async with aclosing(reply.rest):
@@ -128,6 +136,8 @@ class _Completion:
                         finished = item
                     elif encoder is not None and isinstance(item, AudioChunk):
                         audio += encoder.encode(item.audio)
+                    elif isinstance(item, SentenceDone) and (timed := word_infos(item, from_reply_start=True)) is not None:
+                        words = (words or []) + [word.model_dump() for word in timed]
             if encoder is not None:
                 audio += encoder.finish()
         finally:
@@ -140,6 +150,7 @@ class _Completion:
             message["audio"] = {
                 "id": f"audio_{reply.request_id}", "data": base64.b64encode(bytes(audio)).decode(),
                 "expires_at": self.created + AUDIO_EXPIRES_S, "transcript": finished.text,
+                "words": words,  # ours: when each word is heard, from the audio's start (null: the voice does not say)
             }
         choice = {"index": 0, "message": message, "finish_reason": finished.finish_reason, "logprobs": None}
         return self._envelope("chat.completion", choice)
@@ -164,7 +175,7 @@ class _Completion:
                             yield self._chunk({"content": piece})
                         else:
                             data = base64.b64encode(encoder.encode(item.audio)).decode()
-                            yield self._chunk({"audio": {"id": audio_id, "transcript": piece, "data": data}})
+                            yield self._chunk({"audio": {"id": audio_id, "transcript": piece, "data": data} | _cues(item)})
         except Exception as error:
             yield ServerSentEvent(data=json.dumps({"error": _stream_error(error, reply.request_id)}))
             return
@@ -180,6 +191,17 @@ class _Completion:
 
     def _envelope(self, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": [choice]}
+
+
+def _cues(sentence: SentenceDone) -> dict[str, Any]:
+    """Our fields on a streamed sentence's audio (clients that do not know them ignore them): its
+    style, where it starts in the reply's audio, and its words' timings from there (as the
+    events format's)."""
+    words = word_infos(sentence)
+    return {
+        "style": sentence.style, "offset_s": round(sentence.offset_s, 3),
+        "words": None if words is None else [word.model_dump() for word in words],
+    }
 
 
 def _stream_error(error: Exception, request_id: str) -> dict[str, Any]:

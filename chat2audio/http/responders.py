@@ -16,7 +16,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from chat2audio.codecs import StreamEncoder, choose_output_rate
 from chat2audio.http.encoders import (
-    AudioStreamResponse, OpenedReply, encoded_stream, open_reply, text_headers, whole_file,
+    AudioStreamResponse,
+    OpenedReply,
+    encoded_stream,
+    open_reply,
+    text_headers,
+    timing_headers,
+    whole_file,
 )
 from chat2audio.http.errors import ClientGone
 from chat2audio.service import Caller, ReplyEvent
@@ -88,7 +94,8 @@ async def _answer(request: Request, reply: OpenedReply, answer: AudioAnswer | Ev
         headers["X-Sample-Rate"] = str(encoder.output_rate)
         return AudioStreamResponse(encoded_stream(reply, encoder), media_type=answer.media_type or encoder.media_type, headers=headers)
     whole = await unless_client_leaves(request, whole_file(reply, answer.format, output_rate=answer.output_rate))
-    headers |= text_headers(whole.finished) | {"X-Sample-Rate": str(whole.sample_rate), "X-Audio-Seconds": f"{whole.seconds:.3f}"}
+    headers |= text_headers(whole.finished) | timing_headers(whole.words)
+    headers |= {"X-Sample-Rate": str(whole.sample_rate), "X-Audio-Seconds": f"{whole.seconds:.3f}"}
     return Response(whole.data, media_type=answer.media_type or whole.media_type, headers=headers)
 
 

@@ -67,7 +67,7 @@ async def list_speakers(service: ServiceDep) -> SpeakersResponse:
                 id=speaker.id, available=speaker.available, can_chat=speaker.can_chat, reason=speaker.reason,
                 download_command=speaker.download_command, engine=speaker.engine,
                 display_name=speaker.display_name, description=speaker.description,
-                language=speaker.language, sample_rate=rate,
+                language=speaker.language, sample_rate=rate, styles=list(speaker.styles),
                 portrait_url=f"/speakers/{speaker.id}/portrait" if portrait else None,
             )
         )

@@ -3,9 +3,9 @@ routes, shared by both apps."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -33,6 +33,11 @@ class ChatOptions(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Overrides the LLM's nucleus sampling (top_p).")
     seed: int | None = Field(
         None, ge=-(2**53), le=2**53, description="Samples reproducibly: the same seed and request give the same reply."
+    )
+    style: str | None = Field(
+        None, max_length=32,
+        description="Speak the whole reply in this style (mood) of the speaker (see GET /speakers); its tags in the "
+        "reply are then ignored. Unset: the reply's own tags choose.",
     )
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         None, max_length=4, description="Up to 4 texts that end the reply where the LLM writes them (not included)."
@@ -81,6 +86,9 @@ class SpeakerInfo(BaseModel):
     description: str | None = None
     language: str | None = Field(None, description="Language the character speaks.")
     sample_rate: int | None = None
+    styles: list[str] = Field(
+        default_factory=list, description='Its styles (moods): a reply switches with "[name]" tags; a request may pin one.'
+    )
 
 
 class SpeakersResponse(BaseModel):
@@ -121,13 +129,31 @@ class StartEvent(BaseModel):
     transcript: str | None = Field(None, description="What was heard, when the input was speech.")
 
 
+class WordTimingInfo(BaseModel):
+    text: str
+    start_s: float = Field(description="When the word starts, in seconds from the start of its sentence's audio.")
+    end_s: float
+
+
 class SentenceEvent(BaseModel):
     type: Literal["sentence"] = "sentence"
     index: int
-    text: str = Field(description="The sentence as the LLM wrote it.")
+    text: str = Field(description="The sentence as the LLM wrote it (style tags taken out).")
     speech_text: str | None = Field(None, description="What was spoken, when the speaker speaks another language.")
+    style: str | None = Field(None, description="The style (mood) it was spoken in; null: the speaker's own voice.")
     audio_wav_base64: str | None = Field(None, description="This sentence's audio as a complete base64 WAV.")
     audio_seconds: float = 0.0
+    offset_s: float = Field(0.0, description="Where this sentence's audio starts in the whole reply's audio, in seconds.")
+    words: list[WordTimingInfo] | None = Field(
+        None,
+        description="When each word (each character, for Chinese, where the engine tells them apart) is heard, "
+        "from the start of this sentence's audio; null where the voice's engine does not say.",
+    )
+    mouth: list[float] | None = Field(
+        None, description="How open the mouth is (loudness relative to the sentence's loudest moment, 0 to 1) over "
+        "each mouth_frame_s of this sentence's audio: lip-sync without audio analysis. Null without audio.",
+    )
+    mouth_frame_s: float = 0.02
     elapsed_seconds: float = Field(description="Seconds since the request arrived when this sentence was ready.")
 
 
@@ -154,3 +180,24 @@ class SessionResponse(BaseModel):
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     error: ErrorDetail
+
+
+ChatEvent = Annotated[Union[StartEvent, SentenceEvent, DoneEvent, ErrorEvent], Field(discriminator="type")]
+
+
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema of one event of format="events" (each `data:` line), self-contained (its
+    definitions inlined), for the OpenAPI document's text/event-stream response."""
+    schema = TypeAdapter(ChatEvent).json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    schema = inline(schema)
+    schema.get("discriminator", {}).pop("mapping", None)  # it named the definitions inlined above
+    return schema

@@ -1,5 +1,6 @@
 // The character picker: a card per character (portrait, name, language, description, and why it
-// cannot speak if so), one radio group that arrow keys move through.
+// cannot speak if so), one radio group that arrow keys move through. Each card has a mouth and a
+// mood for the stage (stage.js) to show while the character speaks.
 import { api } from './api.js';
 
 const LANGUAGES = { zh: 'Chinese', en: 'English', ja: 'Japanese', ko: 'Korean', yue: 'Cantonese', auto: 'any language' };
@@ -100,8 +101,12 @@ export class CharacterPicker {
   }
 
   focus(id) {
-    const card = this.cards().find((node) => node.dataset.speakerId === id);
+    const card = this.cardOf(id);
     if (card) card.focus();
+  }
+
+  cardOf(id) {
+    return this.cards().find((node) => node.dataset.speakerId === id) || null;
   }
 
   card(info) {
@@ -116,14 +121,17 @@ export class CharacterPicker {
     card.tabIndex = -1;
 
     const portrait = element('span', 'portrait', initials(info));
-    portrait.setAttribute('aria-hidden', 'true');
     portrait.style.setProperty('--hue', hue(info.id));
     if (info.portrait_url) this.loadPortrait(portrait, info.portrait_url);
+    const face = element('span', 'face');
+    face.append(portrait, element('span', 'mouth'));
+    face.setAttribute('aria-hidden', 'true');
 
     const about = element('span', 'about');
     const heading = element('span', 'heading');
     heading.append(element('span', 'name', characterName(info)));
     if (info.language) heading.append(element('span', 'language', LANGUAGES[info.language] || info.language));
+    heading.append(element('span', 'mood')); // the mood it speaks in now, if any
     about.append(heading);
     if (info.description) about.append(element('span', 'description', info.description));
     if (state !== 'available') {
@@ -135,8 +143,9 @@ export class CharacterPicker {
         about.append(fix);
       }
     }
-    card.title = [characterName(info), info.description, info.reason].filter(Boolean).join('\n');
-    card.append(portrait, about);
+    const moods = info.styles && info.styles.length ? `Moods: ${info.styles.join(', ')}` : '';
+    card.title = [characterName(info), info.description, moods, info.reason].filter(Boolean).join('\n');
+    card.append(face, about);
     return card;
   }
 

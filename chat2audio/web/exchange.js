@@ -1,5 +1,5 @@
 // One exchange with a character: send typed text or a recording, then show (and play) the reply
-// as it streams, each sentence's text revealed when its audio starts.
+// as it streams, each sentence's text revealed when its audio starts and performed as it sounds.
 import { api, errorFrom, ServerError } from './api.js';
 import { debug } from './debug.js';
 import { readEvents } from './event-stream.js';
@@ -9,9 +9,10 @@ import { recordError, setState, setStatus } from './status.js';
 const STREAM_FORMAT = 'events';
 
 export class Exchanges {
-  constructor({ player, conversation }) {
+  constructor({ player, conversation, stage }) {
     this.player = player;
     this.conversation = conversation;
+    this.stage = stage;
     this.current = null; // the exchange in progress: {abort}
   }
 
@@ -20,6 +21,7 @@ export class Exchanges {
     if (this.current) this.current.abort.abort();
     this.current = null;
     this.player.stop();
+    this.stage.stop();
     if (debug.state !== 'loading' && debug.state !== 'recording') setState('idle');
   }
 
@@ -105,7 +107,11 @@ export class Exchanges {
             if (outcome.blocked) setStatus('The browser blocked audio: click the page, then send again.', true);
             if (outcome.error) recordError({ type: 'audio_decode', message: String(outcome.error) });
             const span = reply.addSentence(event.text, title);
-            if (sounding) reply.highlightWhileSounding(span, outcome.endAt, player);
+            if (event.style) span.dataset.style = event.style;
+            if (sounding) {
+              reply.highlightWhileSounding(span, outcome.endAt, player);
+              this.stage.cue({ speaker, span, sentence: event, startAt: outcome.startAt, endAt: outcome.endAt });
+            }
             shown += 1;
           });
         } else if (event.type === 'done') {

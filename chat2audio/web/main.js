@@ -9,6 +9,7 @@ import { Exchanges } from './exchange.js';
 import { Player } from './player.js';
 import { Recorder } from './recorder.js';
 import { fetchHistory, forgetSession, sessionFor, startNewSession } from './sessions.js';
+import { Stage } from './stage.js';
 import { recordError, setState, setStatus } from './status.js';
 import { storage } from './storage.js';
 
@@ -30,8 +31,9 @@ const els = {
 
 const player = new Player();
 const conversation = new Conversation($('conversation'));
-const exchanges = new Exchanges({ player, conversation });
 const picker = new CharacterPicker($('characters'), { onPick: (id) => selectCharacter(id) });
+const stage = new Stage({ player, cardOf: (id) => picker.cardOf(id) });
+const exchanges = new Exchanges({ player, conversation, stage });
 let selected = null; // id of the character talked to
 let textOnlyWanted = false; // the user's own choice, kept while a voiceless character forces text
 

@@ -35,8 +35,14 @@ export class Player {
     return this.sources.size > 0;
   }
 
-  /** Queue one sentence's WAV. Resolves when it starts to sound ({blocked: true} if the
-   * browser keeps audio off, {error} if it cannot be decoded), so its text shows just then. */
+  /** Now, on the clock that sentences are scheduled by (seconds). */
+  get clock() {
+    return this.ctx ? this.ctx.currentTime : 0;
+  }
+
+  /** Queue one sentence's WAV. Resolves when it starts to sound ({startAt, endAt} on the clock;
+   * {blocked: true} if the browser keeps audio off, {error} if it cannot be decoded), so its text
+   * shows just then. */
   enqueue(wavBytes) {
     const epoch = this.epoch;
     // Decode and schedule in arrival order; the next one is scheduled as soon as this one is,
@@ -70,7 +76,7 @@ export class Player {
     this.chain = scheduled.then(() => undefined, () => undefined);
     return scheduled.then((outcome) => {
       if (outcome.stale) return new Promise(() => {}); // stopped: never shown
-      return outcome.error ? outcome : this.whenAudible(outcome.startAt, epoch).then((heard) => ({ ...heard, endAt: outcome.endAt }));
+      return outcome.error ? outcome : this.whenAudible(outcome.startAt, epoch).then((heard) => ({ ...heard, startAt: outcome.startAt, endAt: outcome.endAt }));
     });
   }
 

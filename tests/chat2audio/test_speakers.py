@@ -62,6 +62,9 @@ def test_good_speaker_loads_with_prompt_voice_and_overrides(dirs):
         ("NoEngine.toml", 'engine = "nope"\n', "NoEngine.toml: field engine: unknown engine 'nope'"),
         ("NoPrompt.toml", 'engine = "scripted"\nprompt = "Missing"\n', "NoPrompt.toml: field prompt: prompt file Missing.md"),
         ("EvilPrompt.toml", 'engine = "scripted"\nprompt = "../../etc/passwd"\n', "EvilPrompt.toml: field prompt"),
+        ("BadStyle.toml", 'engine = "scripted"\n[styles.happy]\nfrequency_hz = -1\n', "BadStyle.toml: field styles.happy.frequency_hz"),
+        ("StyleTypo.toml", 'engine = "scripted"\n[styles.happy]\nfrequenzy = 9\n', "StyleTypo.toml: field styles.happy.frequenzy"),
+        ("StyleName.toml", 'engine = "scripted"\n[styles."Very Happy"]\n', "StyleName.toml: field styles.Very Happy.[key]"),
     ],
 )
 def test_broken_file_is_reported_by_file_and_field_and_spares_the_others(dirs, name, text, expected):
@@ -72,6 +75,16 @@ def test_broken_file_is_reported_by_file_and_field_and_spares_the_others(dirs, n
     with pytest.raises(SpeakerUnavailable, match=Path(name).stem):
         registry.get(Path(name).stem)
     assert registry.get("Good").available
+
+
+def test_styles_are_the_voice_with_their_own_fields_over_it(dirs):
+    write(dirs[0], "Moody.toml", GOOD.replace("[voice]", "[styles.high]\nfrequency_hz = 660\n[styles.soft]\namplitude = 0.1\n[voice]"))
+    write(dirs[1], "Moody.md", "You are Moody.")
+    speaker = scan(dirs).get("Moody")
+    assert list(speaker.styles) == ["high", "soft"]
+    assert (speaker.styles["high"].frequency_hz, speaker.styles["high"].amplitude) == (660, speaker.voice.amplitude)
+    assert (speaker.styles["soft"].frequency_hz, speaker.styles["soft"].amplitude) == (330, 0.1)
+    assert speaker.voice_in(None) is speaker.voice and speaker.voice_in("soft") is speaker.styles["soft"]
 
 
 def test_engine_problems_and_missing_files_make_speakers_unavailable(dirs):

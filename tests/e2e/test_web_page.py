@@ -1,5 +1,6 @@
 """The web page at `GET /`, end to end: the real server on the scripted backends (plus a tiny
-random-weight Whisper for voice input, and a GPT-SoVITS character whose voice is not downloaded),
+random-weight Whisper for voice input, an eSpeak character whose words are timed and who speaks in
+moods, and a GPT-SoVITS character whose voice is not downloaded),
 driven in headless Chromium by tests/e2e/web/drive.mjs (Playwright), at 1280×800 and 390×844.
 Install the browser and the driver with scripts/install_browser.sh. Screenshots of each state
 are written to test-output/web/ for a person to look at."""
@@ -34,6 +35,23 @@ PORTRAIT_PX = 64
 MESSAGE = "The first sentence is here. Then comes the second one! And is this the third?"
 SENTENCES = ["The first sentence is here.", "Then comes the second one!", "And is this the third?"]
 TEXT_MESSAGE = "Only words this time. Nothing to hear."
+PERFORMER = "Moody"  # eSpeak: it knows when each word is heard
+PERFORMER_TOML = """engine = "espeak"
+display_name = "Moody"
+language = "en"
+[voice]
+voice = "en-us"
+rate = 150
+[styles.happy]
+pitch = 75
+rate = 175
+[styles.sad]
+pitch = 25
+rate = 120
+"""
+# The scripted LLM says the message back: a reply that changes mood halfway.
+PERFORM_MESSAGE = "[happy] What a lovely day it is for a long walk in the park. [sad] But now I have to go home all alone."
+PERFORM_SENTENCES = ["What a lovely day it is for a long walk in the park.", "But now I have to go home all alone."]
 RECORD_SECONDS = 1.2
 DRIVE_TIMEOUT_S = 120
 
@@ -72,6 +90,8 @@ def seen(tmp_path_factory) -> dict:
         'sovits_model = "SoVITS_weights_v2/Distant.pth"\nref_audio = "ref_audios/Distant.wav"\nref_text = "你好。"\n'
     )
     (Path(env["CHAT2AUDIO_PROMPTS_DIR"]) / f"{VOICELESS}.md").write_text(f"You are {VOICELESS}.")
+    (speakers / f"{PERFORMER}.toml").write_text(PERFORMER_TOML)
+    (Path(env["CHAT2AUDIO_PROMPTS_DIR"]) / f"{PERFORMER}.md").write_text(f"You are {PERFORMER}.")
     env["CHAT2AUDIO_MODELS_DIR"] = str(root / "models")  # empty: nothing downloaded
     if SCREENSHOTS.exists():
         shutil.rmtree(SCREENSHOTS)
@@ -79,6 +99,7 @@ def seen(tmp_path_factory) -> dict:
         "speaker": SPEAKER, "message": MESSAGE, "textMessage": TEXT_MESSAGE, "unknownSpeaker": "Nobody",
         "failingSpeaker": "Fragile", "failingMessage": "This first part is fine. But this one carries POISON inside.",
         "recordSeconds": RECORD_SECONDS, "voicelessSpeaker": VOICELESS, "screenshots": str(SCREENSHOTS),
+        "performer": PERFORMER, "performMessage": PERFORM_MESSAGE,
     }
     with running_server("app_stream", env, root / "server.log") as server:
         page = httpx.get(f"{server.base_url}/", timeout=10)
@@ -106,10 +127,12 @@ def test_page_shows_each_character_with_its_state(seen):
     load = scenario(seen, "load")
     assert load["title"] == "chat2audio"
     cards = {card["id"]: card for card in load["characters"]}
-    assert set(cards) == {"Low", "High", "Fragile", "Broken", VOICELESS}
+    assert set(cards) == {"Low", "High", "Fragile", "Broken", VOICELESS, PERFORMER}
     assert {name: cards[name]["state"] for name in cards} == {
         "Low": "available", "High": "available", "Fragile": "available", "Broken": "voiceless", VOICELESS: "voiceless",
+        PERFORMER: "available",
     }
+    assert "Moods: happy, sad" in cards[PERFORMER]["title"].split("\n")
     low = cards[SPEAKER]
     assert (low["name"], low["description"]) == ("Low Tone", "Hums at 220 Hz.")
     assert low["portraitWidth"] == PORTRAIT_PX, "the portrait speakers/Low.png should be shown"
@@ -132,6 +155,7 @@ def test_the_sounding_sentence_is_highlighted_and_the_latency_shown(seen):
     playing = speak["whilePlaying"]["classes"]
     assert "speaking" in playing[1] and "spoken" in playing[0] and "speaking" not in playing[0]
     assert all("spoken" in classes and "speaking" not in classes for classes in speak["afterPlaying"]["classes"])
+    assert speak["wordMarks"] == 0, "the scripted voice does not time its words: whole sentences are highlighted"
     [line] = speak["afterPlaying"]["latency"]
     match = re.fullmatch(r"first audio (\d+\.\d\d) s · whole reply (\d+\.\d\d) s", line)
     assert match, line
@@ -140,6 +164,41 @@ def test_the_sounding_sentence_is_highlighted_and_the_latency_shown(seen):
     assert 0 < latency["firstAudioMs"] < latency["totalMs"] < DRIVE_TIMEOUT_S * 1000
     for path in (speak["whilePlaying"]["screenshot"], speak["screenshot"]):
         assert Path(path).stat().st_size > 10_000
+
+
+def test_the_word_heard_is_marked_as_the_audio_advances(seen):
+    perform = scenario(seen, "perform")
+    assert perform["reply"] == {"role": "assistant", "sentences": PERFORM_SENTENCES, "errors": []}  # no [tags]
+    marked = perform["words"]  # each change of the word marked, frame by frame: {t, text, sentence, index}
+    for number, sentence in enumerate(PERFORM_SENTENCES):
+        path = [mark for mark in marked if mark["sentence"] == number]
+        places = [mark["index"] for mark in path]
+        assert len(places) >= 3, f"sentence {number}: the mark should pass through its words, saw {path}"
+        assert places == sorted(set(places)), f"sentence {number}: the mark should only move forward, saw {places}"
+        assert all(mark["text"] in sentence for mark in path)
+        # With the audio: a word at a time, over the sentence's spoken length, not all at once.
+        assert path[-1]["t"] - path[0]["t"] > 0.1 * len(path), path
+    assert marked[-1]["text"] is None, "no word stays marked once the reply has been said"
+    assert Path(perform["screenshot"]).stat().st_size > 10_000
+
+
+def test_the_card_shows_the_mood_the_reply_is_spoken_in(seen):
+    perform = scenario(seen, "perform")
+    assert perform["styles"] == ["happy", "sad"]
+    moods = perform["moods"]  # each change of the mood on the card: {t, mood}
+    assert [change["mood"] for change in moods if change["mood"]] == ["happy", "sad"]
+    assert moods[-1]["mood"] == "", "at rest once the reply has been said"
+    # "sad" shows when the second sentence starts to sound: after the first one's words, with the second's.
+    sad = next(change["t"] for change in moods if change["mood"] == "sad")
+    words = perform["words"]
+    assert max(w["t"] for w in words if w["sentence"] == 0) <= sad <= min(w["t"] for w in words if w["sentence"] == 1)
+
+
+def test_the_mouth_moves_with_the_audio_and_rests_after(seen):
+    mouth = scenario(seen, "perform")["mouth"]  # each change of its drawn height (or "hidden")
+    shown = [change["height"] for change in mouth if change["height"] != "hidden"]
+    assert len(set(shown)) > 5, f"the mouth should open and close as the audio gets louder and softer: {shown}"
+    assert mouth[-1]["height"] == "hidden"
 
 
 def test_characters_are_picked_with_the_keyboard(seen):

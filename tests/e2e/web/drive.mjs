@@ -21,6 +21,8 @@ const options = {
   failingMessage: 'This first part is fine. But this one carries POISON inside.',
   recordSeconds: 1.2,
   voicelessSpeaker: 'Distant', // its voice files are not downloaded: text only
+  performer: 'Moody', // its voice knows when each word is heard, and speaks in moods
+  performMessage: '[happy] What a lovely day it is for a long walk in the park. [sad] But now I have to go home all alone.',
   timeoutMs: 20000,
   screenshots: 'screenshots',
   ...JSON.parse(optionsJson),
@@ -75,6 +77,53 @@ function instrument() {
   }).observe(document, { childList: true, subtree: true });
 }
 
+// Runs in the page while a reply is performed: what it shows, frame by frame, each time it changes:
+// the word marked (its sentence and place there), the mood on the card, the mouth's drawn height.
+function watchPerformance(speaker) {
+  const seen = { words: [], moods: [], mouth: [] };
+  const started = performance.now();
+  let word;
+  let mood;
+  let mouth;
+  let running = true;
+  const sample = () => {
+    if (!running) return;
+    const t = (performance.now() - started) / 1000;
+    const bubble = [...document.querySelectorAll('#conversation .bubble.assistant')].at(-1);
+    const marked = bubble ? bubble.querySelector('.word.current') : null;
+    if (marked !== word) {
+      word = marked;
+      const sentence = marked ? marked.closest('.sentence') : null;
+      seen.words.push(marked ? {
+        t, text: marked.textContent,
+        sentence: [...bubble.querySelectorAll('.sentence')].indexOf(sentence),
+        index: [...sentence.querySelectorAll('.word')].indexOf(marked),
+      } : { t, text: null, sentence: null, index: null });
+    }
+    const card = document.querySelector(`#characters .character[data-speaker-id="${speaker}"]`);
+    const shownMood = card ? card.querySelector('.mood').textContent : '';
+    if (shownMood !== mood) {
+      mood = shownMood;
+      seen.moods.push({ t, mood });
+    }
+    const face = card ? getComputedStyle(card.querySelector('.mouth')) : null;
+    const shownMouth = face && face.display !== 'none' ? face.height : 'hidden';
+    if (shownMouth !== mouth && seen.mouth.length < 2000) {
+      mouth = shownMouth;
+      seen.mouth.push({ t, height: mouth });
+    }
+    requestAnimationFrame(sample);
+  };
+  sample();
+  window.__performance = {
+    stop: () => {
+      sample(); // what shows at the end
+      running = false;
+      return seen;
+    },
+  };
+}
+
 const page_ = {
   debug: (page) => page.evaluate(() => ({ ...window.chat2audioDebug })),
   sent: (page) => page.evaluate(() => window.__sent),
@@ -97,6 +146,7 @@ const page_ = {
       description: (node.querySelector('.description') || {}).textContent || '',
       reason: (node.querySelector('.reason') || {}).textContent || '',
       fix: (node.querySelector('.fix code') || {}).textContent || '',
+      title: node.title,
       portraitWidth: image ? image.naturalWidth : 0,
       initials: image ? '' : node.querySelector('.portrait').textContent,
       box: { x: box.x, y: box.y, width: box.width, height: box.height },
@@ -202,6 +252,7 @@ try {
     await waitIdleAfter(page, requests + 1);
     return {
       before, ...(await snapshot(page)), revealed: await page_.revealed(page), whilePlaying,
+      wordMarks: await page.$$eval('#conversation .word', (nodes) => nodes.length),
       afterPlaying: { classes: await page_.sentenceClasses(page), latency: await page_.latency(page) },
       screenshot: await screenshot(page, 'desktop-reply-done'),
     };
@@ -348,6 +399,22 @@ try {
     } finally {
       await phone.close();
     }
+  });
+  await scenario(results, 'perform', async () => {
+    await pick(page, options.performer);
+    const { requests } = await page_.debug(page);
+    await page.evaluate(watchPerformance, options.performer);
+    await page.fill('#input', options.performMessage);
+    await page.click('#send');
+    await page.waitForFunction(() => document.querySelector('#conversation .word.current'), null, { timeout: options.timeoutMs, polling: 20 });
+    const shot = await screenshot(page, 'desktop-reply-performing');
+    await waitIdleAfter(page, requests + 1);
+    // The card comes to rest on the frame after the last sound.
+    await page.waitForFunction(() => !document.querySelector('.character.performing'), null, { timeout: options.timeoutMs });
+    const watched = await page.evaluate(() => window.__performance.stop());
+    const styles = await page.$$eval('#conversation .bubble.assistant', (nodes) => (
+      [...nodes.at(-1).querySelectorAll('.sentence')].map((s) => s.dataset.style || null)));
+    return { ...(await snapshot(page)), ...watched, styles, screenshot: shot };
   });
 } finally {
   await browser.close();
