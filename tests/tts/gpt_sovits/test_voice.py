@@ -77,3 +77,26 @@ def test_a_style_that_changes_ref_audio_keeps_the_base_voice_s_timbre():
     keys = {voice_key(v, models) for v in (base, style, blended, even, uneven)}
     assert len(keys) == 5  # the timbre's clips and (normalised) weights are part of the cache key
     assert voice_key(blended, models) == voice_key(tiny_voice(timbre={"ref_audios/TinyB.wav": 1.0}), models)
+
+
+def test_a_speaker_file_s_style_and_timbre_tables_reach_the_voice(tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "TinyA.md").write_text("You are Tiny A.")
+    path = write_speaker_toml(tmp_path / "speakers", "TinyA")
+    with path.open("a", encoding="utf-8") as toml:
+        toml.write('\n[styles.happy]\nref_audio = "ref_audios/TinyB.wav"\nref_text = "你好，很高兴认识你。"\n')
+    speaker = parse_speaker_file(path, prompts)
+    assert speaker.problems == () and speaker.voice_problems == ()
+    happy = speaker.styles["happy"]
+    assert happy.ref_audio == "ref_audios/TinyB.wav" and happy.timbre == {"ref_audios/TinyA.wav": 1.0}
+
+    blended = write_speaker_toml(tmp_path / "speakers", "TinyA", speaker_id="Blend")
+    text = blended.read_text(encoding="utf-8").replace(
+        "[voice]\n", '[voice]\ntimbre = { "ref_audios/TinyA.wav" = 1.0, "ref_audios/TinyB.wav" = 0 }\n'
+    )
+    blended.write_text(text, encoding="utf-8")
+    (prompts / "Blend.md").write_text("You are a blend.")
+    problems = parse_speaker_file(blended, prompts).voice_problems
+    assert len(problems) == 1 and "Blend.toml" in problems[0] and "voice.timbre" in problems[0], problems
+    assert "weights must be finite numbers > 0" in problems[0]
