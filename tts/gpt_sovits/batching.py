@@ -40,7 +40,7 @@ from typing import Any
 from chat2audio.runtime.audio import clean_audio
 from chat2audio.runtime.cores import CoreShare
 from chat2audio.runtime.threads import END
-from tts.base import TTSError
+from tts.base import TTSError, WordTimings
 from tts.gpt_sovits.cache import PreparedVoice, VoiceCache
 from tts.gpt_sovits.decode_step import decode_next_token as decode_on_cpu
 from tts.gpt_sovits.guard import GenerationGuard
@@ -48,6 +48,7 @@ from tts.gpt_sovits.pacing import OVERLAP_TOKENS, TOKEN_AUDIO_S, ChunkPacer, Pla
 from tts.gpt_sovits.precision import kv_cache_dtype
 from tts.gpt_sovits.stats import EngineStats
 from tts.gpt_sovits.voice import GPTSoVITSVoice
+from tts.gpt_sovits.word_timing import SentenceWords, monotonic_alignment
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Sentence:
     tokens: list[int] = field(default_factory=list)
     next_input: Any = None
     stream: _StreamState | None = None
+    words: SentenceWords | None = None  # its words, when the engine times them
 
 
 @dataclass
@@ -91,6 +93,7 @@ class _StreamState:
     y_overlap: Any = None  # the SoVITS encoder's overlap (gsv_tts keeps it on the model: one per sentence here)
     audio_overlap: Any = None  # the end of the last chunk; None until the first is vocoded
     text_encoding: Any = None  # its phonemes' SoVITS text encoding (`text_encoding.TextEncodedOnce`)
+    speech_samples: int = 0  # samples sent so far
 
 
 class _Batch:
@@ -166,8 +169,11 @@ class SentenceBatcher:
         max_context: int,
         pacer: ChunkPacer,
         cores: CoreShare,
+        word_timings: bool = False,
     ) -> None:
+        """`word_timings`: each sentence's audio comes with `WordTimings` (see `_vocode`)."""
         self.worker, self.cache, self.guard, self.stats, self.cores = worker, cache, guard, stats, cores
+        self.word_timings = word_timings
         self.max_batch, self.max_context, self.pacer = max_batch, max_context, pacer
         self.batches: dict[str, _Batch] = {}  # by GPT weights
         self._waiting: list[tuple[float, int, Sentence]] = []
@@ -305,7 +311,9 @@ class SentenceBatcher:
         reference = tts.prompt_audio_cache[prepared.key]
         text = sentence.text if tts._check_pause(sentence.text) else sentence.text + "."
         with self.stats.timing("text"):
-            phones, _, bert, _ = get_phones_and_bert(text, tts.tts_config, voice.target_language)
+            phones, word2ph, bert, norm_text = get_phones_and_bert(text, tts.tts_config, voice.target_language)
+            if self.word_timings:
+                sentence.words = SentenceWords.build(text, word2ph, norm_text, len(phones))
         device = tts.tts_config.device
         semantic_prompt = reference["prompt"]
         x = torch.LongTensor(reference["phones1"] + phones).to(device).unsqueeze(0)
@@ -392,7 +400,7 @@ class SentenceBatcher:
                 continue
             spent = self.stats.stage_seconds["vocoder"]
             with self.stats.timing("vocoder"):
-                audio = self._vocode(row, tokens, final)
+                audio, words = self._vocode(row, tokens, final)
             seconds = vocoder_s[row] = self.stats.stage_seconds["vocoder"] - spent
             if row.stream is not None:
                 self.pacer.pace.observe_vocoder(seconds, tokens - start + (OVERLAP_TOKENS if start else 0))
@@ -402,6 +410,8 @@ class SentenceBatcher:
                 row.send(audio)
                 if row.stream is not None:
                     row.stream.playback.sent(time.monotonic(), audio_s)
+            if words:
+                row.send(WordTimings(words))
             if final:
                 self.stats.completed += 1
                 self.stats.tokens_last = len(row.tokens)
@@ -414,9 +424,14 @@ class SentenceBatcher:
         batch.drop_finished()
         return vocoder_s
 
-    def _vocode(self, sentence: Sentence, tokens: int, final: bool) -> Any:
+    def _vocode(self, sentence: Sentence, tokens: int, final: bool) -> tuple[Any, tuple]:
         """Audio for the sentence's first `tokens` tokens: the new part of a streamed sentence, or
-        the whole sentence."""
+        the whole sentence; with the words heard in it when the sentence's words are timed.
+
+        A streamed chunk's words are those whose next phoneme begins inside the audio sent so far
+        (the vocoder's attention covers the sentence from its start at every chunk), the rest with
+        the final chunk; times count from the first sample sent, past the trimmed head. A chunk's
+        cross-fade alignment (`_sola_algorithm`, at most 10 ms) is not accounted for."""
         import torch
 
         from tts.gpt_sovits.text_encoding import encoding_text_once, restore_text_encoder
@@ -427,9 +442,13 @@ class SentenceBatcher:
         codes = torch.tensor(sentence.tokens[:tokens], device=sentence.phones.device).view(1, 1, -1)
         state = sentence.stream
         if state is None:
-            audio, _ = vq_model.decode(codes, sentence.phones, timbre, noise_scale=voice.noise_scale, speed=voice.speed_factor)
+            audio, attention = vq_model.decode(
+                codes, sentence.phones, timbre, noise_scale=voice.noise_scale, speed=voice.speed_factor
+            )
             audio = audio[0, 0]
-            audio = audio[tts._find_head_threshold_offsets(audio):]
+            head = tts._find_head_threshold_offsets(audio)
+            audio = audio[head:]
+            heard_frames, speech_samples = attention.shape[1], audio.shape[0]
         else:
             overlap_samples = OVERLAP_TOKENS * vq_model.samples_per_frame
             first_chunk = state.audio_overlap is None
@@ -450,14 +469,28 @@ class SentenceBatcher:
             if not final:
                 audio = audio[:, :, :-overlap_samples]
                 state.valid_start = attention.shape[1] - OVERLAP_TOKENS
+            heard_frames = attention.shape[1] if final else state.valid_start
             audio = audio[0, 0]
-            if first_chunk:
-                audio = audio[tts._find_head_threshold_offsets(audio):]
+            head = tts._find_head_threshold_offsets(audio) if first_chunk else 0
+            audio = audio[head:]
+            state.speech_samples += audio.shape[0]
+            speech_samples = state.speech_samples
+        words: tuple = ()
+        if sentence.words is not None and speech_samples:
+            with self.stats.timing("words"):
+                timed, sample_s = sentence.words, 1.0 / tts.samplerate
+                if head:
+                    timed.head_s = head * sample_s
+                words = timed.heard(
+                    monotonic_alignment(attention.float().cpu()),
+                    frame_s=vq_model.samples_per_frame * sample_s / voice.speed_factor,
+                    heard_frames=heard_frames, final=final, audio_s=speech_samples * sample_s,
+                )
         samples = audio.float().cpu().numpy()
         if final:
             pause = PAUSE_AFTER_S * PAUSE_SCALE.get(sentence.text.rstrip()[-1:], 1.0) / voice.speed_factor
             samples = _with_silence(samples, round(pause * tts.samplerate))
-        return clean_audio(samples)
+        return clean_audio(samples), words
 
 
 def _with_silence(samples: Any, count: int) -> Any:

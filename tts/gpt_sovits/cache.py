@@ -24,7 +24,12 @@ from typing import Any
 from tts.base import TTSError
 from tts.gpt_sovits.precision import PrecisionPlan, convert_gpt, convert_vocoder
 from tts.gpt_sovits.stats import EngineStats
-from tts.gpt_sovits.voice import GPTSoVITSVoice, ref_text_with_final_pause, voice_files
+from tts.gpt_sovits.voice import (
+    GPTSoVITSVoice,
+    missing_files_problem,
+    ref_text_with_final_pause,
+    voice_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ Signature = tuple[tuple[int, int, int] | None, ...]
 def voice_key(voice: GPTSoVITSVoice, models_dir: Path) -> str:
     """The voice's entry in the engine's caches: what its prepared features depend on."""
     paths = voice_files(voice, models_dir).values()
-    identity = "\n".join([*(str(path) for path in paths), voice.ref_language, voice.ref_text])
+    weights = [repr(weight) for weight in voice.timbre_weights().values()] if voice.timbre else []
+    identity = "\n".join([*(str(path) for path in paths), *weights, voice.ref_language, voice.ref_text])
     return "voice:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
@@ -128,9 +134,9 @@ class VoiceCache:
         if failure:  # loading it again would fail again, slowly: the files have not changed
             raise TTSError(failure, status=503)
         paths = voice_files(voice, self.models_dir)
-        for name, relative in zip(paths, voice.model_files()):
-            if not paths[name].exists():
-                raise TTSError(f"missing {relative} in the models dir", status=503)
+        missing = missing_files_problem(voice, self.models_dir)
+        if missing:
+            raise TTSError(missing, status=503)
         self.stats.voice_loads += 1
         # Taken before loading: a file replaced while it loads gets another try.
         signature = files_signature(list(paths.values()))
@@ -184,9 +190,7 @@ class VoiceCache:
                 # The semantic prompt comes from this voice's own SoVITS quantizer (gsv_tts would use
                 # whichever SoVITS it loaded first, and key it by the audio path alone).
                 prompt = tts._get_prompt(tts.cnhubert_model, sovits, str(paths["ref"]))
-                spectrum, audio_16k = tts._get_spec(sovits.hps, str(paths["ref"]))
-                sv_embedding = tts.sv_model.compute_embedding3(audio_16k)
-                ge = sovits.vq_model.get_ge(spectrum, sv_embedding)
+        ge, sv_embedding = self._timbre(voice, sovits, key, signature, keys)
         from gsv_tts.TextProcessor import get_phones_and_bert
 
         with self._loading(key, signature, "could not turn ref_text into phonemes", keys):
@@ -196,6 +200,28 @@ class VoiceCache:
         tts.prompt_audio_cache[key] = {"prompt": prompt, "phones1": phones1, "bert1": bert1}
         tts.spk_audio_cache[key] = {"ge": {sovits_key: ge}, "sv_emb": sv_embedding}
         return PreparedVoice(key, gpt_key, sovits_key, ref_phones=len(phones1), prompt_tokens=int(prompt.shape[-1]))
+
+    def _timbre(
+        self, voice: GPTSoVITSVoice, sovits: Any, key: str, signature: Signature, keys: tuple[str, str]
+    ) -> tuple[Any, Any]:
+        """The voice's `ge` and speaker embedding: its timbre clips' own, blended by their weights
+        (as gsv_tts blends a dict `spk_audio_path`: each clip's `ge`, weighted, summed)."""
+        import torch
+
+        tts, ge, sv_embedding = self.tts, None, None
+        with torch.inference_mode():
+            for relative, weight in voice.timbre_weights().items():
+                with self._loading(key, signature, _unloadable(relative, "not a readable audio clip"), keys):
+                    spectrum, audio_16k = tts._get_spec(sovits.hps, str(self.models_dir / relative))
+                    clip_embedding = tts.sv_model.compute_embedding3(audio_16k)
+                    clip_ge = sovits.vq_model.get_ge(spectrum, clip_embedding)
+                if weight == 1.0:  # one clip: its own numbers, untouched
+                    ge, sv_embedding = clip_ge, clip_embedding
+                elif ge is None:
+                    ge, sv_embedding = clip_ge * weight, clip_embedding * weight
+                else:
+                    ge, sv_embedding = ge + clip_ge * weight, sv_embedding + clip_embedding * weight
+        return ge, sv_embedding
 
     def _load_gpt(self, gpt_key: str) -> None:
         tts = self.tts

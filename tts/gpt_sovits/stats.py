@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-STAGES = ("text", "gpt_prompt", "gpt_step", "vocoder")  # where a sentence's synthesis time goes
+# Where a sentence's synthesis time goes; "words" (aligning the words to the audio) is part of "vocoder".
+STAGES = ("text", "gpt_prompt", "gpt_step", "vocoder", "words")
 
 
 @dataclass

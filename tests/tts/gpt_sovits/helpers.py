@@ -17,7 +17,17 @@ DETERMINISTIC = {"top_k": 1, "noise_scale": 0.0}
 
 
 async def collect(engine, text, voice, *, streaming=False) -> list[np.ndarray]:
-    return [chunk async for chunk in engine.synthesize(text, voice, streaming=streaming)]
+    """The sentence's audio chunks (its `WordTimings` left out: `collect_items` keeps them)."""
+    return audio_only(await collect_items(engine, text, voice, streaming=streaming))
+
+
+async def collect_items(engine, text, voice, *, streaming=False) -> list:
+    """Everything the engine yields for the sentence: audio chunks and `WordTimings`."""
+    return [item async for item in engine.synthesize(text, voice, streaming=streaming)]
+
+
+def audio_only(items: list) -> list[np.ndarray]:
+    return [item for item in items if isinstance(item, np.ndarray)]
 
 
 @contextmanager

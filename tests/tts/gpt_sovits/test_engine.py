@@ -20,7 +20,7 @@ from tests.tts.gpt_sovits.helpers import (
     summation_noise,
     unhurried,
 )
-from tts.base import HoldsVoices, TTSEngine, TTSError
+from tts.base import HoldsVoices, TTSEngine, TTSError, WordTimings
 from tts.gpt_sovits import GPTSoVITSEngine
 
 
@@ -102,6 +102,8 @@ async def test_streaming_yields_the_first_chunk_before_the_sentence_is_done(gsv_
     completed_before = gsv_engine.stats.completed
     chunks, completed_at_first_chunk = [], None
     async for chunk in gsv_engine.synthesize(LONG, voice, streaming=True):
+        if isinstance(chunk, WordTimings):  # test_word_timing's subject
+            continue
         if not chunks:
             completed_at_first_chunk = gsv_engine.stats.completed
         chunks.append(chunk)
