@@ -20,7 +20,6 @@ from chat2audio.runtime.devices import resolve_device
 from chat2audio.runtime.generation import stop_when_set
 from stt.base import STTError, decode_audio
 
-
 log = logging.getLogger(__name__)
 
 # openai-whisper's own cap on tokens per 30 s window (half the decoder's 448 positions): ample

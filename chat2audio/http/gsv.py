@@ -38,11 +38,24 @@ from chat2audio.http.deps import ServiceDep, protected_router
 from chat2audio.http.errors import error_detail
 from chat2audio.http.responders import AudioAnswer, caller_of, respond_audio
 from chat2audio.protocol.gsv import (
-    ENCODER_FORMATS, TTS_GET_OPENAPI, TTS_POST_OPENAPI, ApiV2Error, ApiV2Message, VoiceEntry, parse_tts_params,
+    ENCODER_FORMATS,
+    TTS_GET_OPENAPI,
+    TTS_POST_OPENAPI,
+    ApiV2Error,
+    ApiV2Message,
+    VoiceEntry,
+    parse_tts_params,
 )
 from chat2audio.runtime.errors import ReportableError
 from chat2audio.service import ChatService
-from chat2audio.voices import VoiceFile, check_owned, gpt_sovits_speakers, owned_files, speaker_for_ref_audio, voice_with
+from chat2audio.voices import (
+    VoiceFile,
+    check_owned,
+    gpt_sovits_speakers,
+    owned_files,
+    speaker_for_ref_audio,
+    voice_with,
+)
 
 router = protected_router("/gsv")
 TAG = "GPT-SoVITS api_v2"

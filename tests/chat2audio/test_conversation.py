@@ -7,7 +7,6 @@ import asyncio
 import logging
 
 import anyio
-
 import pytest
 
 from chat2audio.context import estimate_tokens, fit_history

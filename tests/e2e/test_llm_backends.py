@@ -18,7 +18,6 @@ from tests.fixtures.tiny_qwen2 import build_tiny_qwen2, special_token_ids
 from tests.server import events_of, free_port, running_server, wait_until_idle
 from tts.scripted import SAMPLE_RATE
 
-
 # -- transformers on a tiny Qwen2 ------------------------------------------------------------
 
 

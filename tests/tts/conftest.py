@@ -10,7 +10,6 @@ from tests.conftest import NetworkGuard
 from tests.fixtures.tiny_gpt_sovits import start_tiny_engine
 
 
-
 @pytest.fixture(scope="module")
 def network_guard():
     guard = NetworkGuard()

@@ -241,9 +241,8 @@ def use_fast_cpu_attention() -> None:
     """gsv_tts picks PyTorch's reference ("math") attention on every CPU; the fused CPU kernel gives
     the same numbers (within 1e-6) at under half the cost of a decode step's attention. gsv_tts reads
     its choice from a module global, so that is where it is set (the engine is the only user)."""
-    from torch.nn.attention import SDPBackend
-
     import gsv_tts.GPT_SoVITS.GPT.t2s_model as t2s_model
+    from torch.nn.attention import SDPBackend
 
     t2s_model.SDPBACKEND = SDPBackend.FLASH_ATTENTION
 

@@ -11,7 +11,15 @@ import pytest
 
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
 from tests.tts.gpt_sovits.helpers import (
-    DETERMINISTIC, LONG, SHORT, assert_audio, audio_only, collect, joined, summation_noise, unhurried,
+    DETERMINISTIC,
+    LONG,
+    SHORT,
+    assert_audio,
+    audio_only,
+    collect,
+    joined,
+    summation_noise,
+    unhurried,
 )
 
 

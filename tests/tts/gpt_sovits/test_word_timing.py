@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, tiny_voice
 from tests.tts.gpt_sovits.helpers import DETERMINISTIC, LONG, SHORT, assert_audio, collect_items, unhurried
 from tts.base import WordTimings
