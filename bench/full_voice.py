@@ -101,6 +101,7 @@ async def _serve_ours(args: argparse.Namespace) -> None:
             "first_chunk_s": first, "stream_s": streamed_s, "tokens": stats.tokens_last, "text_s": spent["text"],
             "gpt_prompt_s": spent["gpt_prompt"], "gpt_step_ms": 1000 * spent["gpt_step"] / max(steps, 1),
             "vocoder_rtf": spent["vocoder"] / max(stats.vocoded_audio_s - vocoded, 1e-9),
+            "words_ms": 1000 * spent["words"] if "words" in spent else None,
         }
         if request.get("whole"):  # the same sentence unstreamed, as a reply's later sentences are
             began = time.perf_counter()
@@ -348,24 +349,25 @@ def per_sentence_tables(rows: list[Row], texts: list[str]) -> str:
                     f"{index + 1} ({len(text)} chars)", row.label, speech,
                     fmt(r["first_chunk_s"]), rtf([r], "stream"), rtf([r], "whole"), fmt(r.get("gpt_step_ms"), 1),
                     fmt(r.get("vocoder_rtf"), 2), fmt(r.get("text_s")), fmt(r.get("gpt_prompt_s")),
+                    fmt(r.get("words_ms"), 1),
                 ])
     summary = []
     for row in rows:
         if not row.results:
-            summary.append([row.label, row.error or "no result", *[""] * 8])
+            summary.append([row.label, row.error or "no result", *[""] * 9])
             continue
         rs = row.results
         summary.append([
             row.label, p50(rs, "first_chunk_s"), rtf(rs, "stream"), rtf(rs, "whole"), p50(rs, "gpt_step_ms", 1),
-            p50(rs, "vocoder_rtf", 2), p50(rs, "text_s"), p50(rs, "gpt_prompt_s"),
+            p50(rs, "vocoder_rtf", 2), p50(rs, "text_s"), p50(rs, "gpt_prompt_s"), p50(rs, "words_ms", 1),
             fmt(row.ready.get("load_s"), 1) if row.ready else "–", f"{row.peak_rss_mb:.0f}",
         ])
     return (
         table(["sentence", "row", "tokens (audio)", "first chunk (s)", "RTF streamed", "RTF whole", "GPT ms/step",
-               "vocoder RTF", "text+BERT (s)", "GPT prompt (s)"], lines)
+               "vocoder RTF", "text+BERT (s)", "GPT prompt (s)", "words (ms)"], lines)
         + "\n\n"
         + table(["row", "first chunk p50 (s)", "RTF streamed", "RTF whole", "GPT ms/step p50", "vocoder RTF p50",
-                 "text+BERT p50 (s)", "GPT prompt p50 (s)", "load (s)", "peak RSS (MB)"], summary)
+                 "text+BERT p50 (s)", "GPT prompt p50 (s)", "words p50 (ms)", "load (s)", "peak RSS (MB)"], summary)
     )
 
 
@@ -410,8 +412,9 @@ async def run_full_voice(
         "sentence). RTF = synthesis s of the whole sentence / its speech (tokens / 25 s; the pause each engine appends "
         "is not counted), streamed (as the first sentence of a reply is; Genie: none) and whole (unstreamed, as the "
         "later ones are; ours only with FullVoiceProfile.whole_runs). GPT ms/step, vocoder RTF (vocoder s / audio s), "
-        "text+BERT (g2p and BERT features) and GPT prompt (the prompt's prefill) are each engine's own stage timings "
-        "over the sentence (ours: EngineStats, streamed); peak RSS is each row's own process.\n\n"
+        "text+BERT (g2p and BERT features), GPT prompt (the prompt's prefill) and words (aligning its characters to "
+        "its audio: word timings, every chunk re-aligning the sentence so far; ours only) are each engine's own stage "
+        "timings over the sentence (ours: EngineStats, streamed); peak RSS is each row's own process.\n\n"
         f"{ratio_table(rows)}\n"
     )
     streams = await stream_app_rows(profile, workdir, precisions, concurrency)

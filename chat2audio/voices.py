@@ -20,6 +20,7 @@ from tts.gpt_sovits import GPTSoVITSVoice
 # GPT-SoVITS-V2 fork it was written for, whose `/speakers` lists that folder.
 FORK_REFERENCE_DIR = "参考音频"
 MAX_LISTED = 40  # clips or weights named in an error message
+MAX_AUX_CLIPS = 8  # auxiliary clips one request may blend into a voice's timbre
 
 VoiceFile = Literal["ref_audio", "gpt_model", "sovits_model"]
 
@@ -125,6 +126,41 @@ def speaker_for_ref_audio(registry: SpeakerRegistry, models_dir: Path, client_pa
             f"name one as {FORK_REFERENCE_DIR}/<speaker id>.wav"
         )
     return next(iter(speakers.values()))
+
+
+def aux_clips_timbre(
+    registry: SpeakerRegistry, models_dir: Path, voice: GPTSoVITSVoice, client_paths: list[str]
+) -> dict[str, float]:
+    """api_v2's tone fusion (`aux_ref_audio_paths`): `voice`'s timbre blended equally with each
+    auxiliary clip's, the voice's own (perhaps already a blend) counting as one clip. Each clip
+    must be a reference clip some GPT-SoVITS speaker owns, named as `ref_audio_path` may be."""
+    if len(client_paths) > MAX_AUX_CLIPS:
+        raise InvalidInput(f"aux_ref_audio_paths names {len(client_paths)} clips; at most {MAX_AUX_CLIPS} may be blended")
+    owned = [(clip, speaker) for clip, speaker in owned_clips(registry)]
+    timbre = dict(voice.timbre_weights())
+    for client_path in client_paths:
+        relative = relative_to_models_dir(client_path, models_dir)
+        clips = {clip for clip, _ in _matching(relative, owned)} if relative is not None else set()
+        if len(clips) != 1:
+            why = "is the name of several clips; give its path" if clips else "is no speaker's reference clip"
+            raise InvalidInput(f"aux_ref_audio_paths: {client_path[:200]!r} {why}; {_listing(owned, 'clips')}")
+        clip = clips.pop()
+        if not (models_dir / clip).is_file():
+            raise InvalidInput(f"aux_ref_audio_paths: {clip} is missing from the models dir")
+        timbre[clip] = timbre.get(clip, 0.0) + 1.0
+    return timbre
+
+
+def owned_clips(registry: SpeakerRegistry) -> list[tuple[str, Speaker]]:
+    """(clip relative to the models dir, its speaker) for every reference clip of every
+    GPT-SoVITS speaker: its voice's and its styles' `ref_audio` and timbre clips."""
+    clips: dict[str, Speaker] = {}
+    for speaker in gpt_sovits_speakers(registry):
+        for voice in speaker.voices():
+            assert isinstance(voice, GPTSoVITSVoice)
+            for clip in (voice.ref_audio, *(voice.timbre or ())):
+                clips.setdefault(posixpath.normpath(clip), speaker)
+    return list(clips.items())
 
 
 def check_owned(registry: SpeakerRegistry, models_dir: Path, client_path: str, kind: VoiceFile, what: str, failed: str) -> None:

@@ -13,11 +13,12 @@ What a request may say:
 - `speed_factor` scales the speaker's own speed. `top_k`, `top_p`, `temperature` and
   `repetition_penalty` replace the speaker's own when the request sends them (api_v2's defaults
   do not: a client that sends none hears the speaker as configured). The speaker's reference text
-  and languages are always its own. `prompt_text`, `aux_ref_audio_paths` (tone fusion), the batching,
-  splitting and seed options are checked as api_v2 checks them and otherwise ignored (our own
-  sentence splitter streams the first sentence as soon as it is synthesized).
+  and languages are always its own. `aux_ref_audio_paths` (tone fusion) blends other reference clips
+  any speaker owns (named as `ref_audio_path` may be) equally into the speaker's timbre.
+  `prompt_text`, the batching, splitting and seed options are checked as api_v2 checks them and
+  otherwise ignored (our own sentence splitter streams the first sentence as soon as it is synthesized).
 - `media_type` wav / raw (s16le) / ogg (Vorbis) / aac (ADTS), whole or streamed as synthesized
-  (`streaming_mode` true or 1-3).
+  (`streaming_mode` true or 1-3). A whole file names its words' timings in `X-Word-Timings`.
 
 Errors have api_v2's shape and status, `400 {"message": ...}`, also for a speaker that cannot speak
 or a busy server (those clients know no other). The API key applies as everywhere (api_v2 clients
@@ -50,6 +51,7 @@ from chat2audio.runtime.errors import ReportableError
 from chat2audio.service import ChatService
 from chat2audio.voices import (
     VoiceFile,
+    aux_clips_timbre,
     check_owned,
     gpt_sovits_speakers,
     owned_files,
@@ -150,9 +152,13 @@ async def _speak(request: Request, service: ChatService, raw: dict[str, Any]) ->
         speaker = speaker_for_ref_audio(service.registry, service.settings.models_dir, params.ref_audio_path or "")
         if not speaker.available:
             raise ApiV2Error(f"{speaker.id} is unavailable: {speaker.reason}")
+        settings = params.sampling_sent()
+        if params.aux_ref_audio_paths:
+            models_dir = service.settings.models_dir
+            settings["timbre"] = aux_clips_timbre(service.registry, models_dir, speaker.voice, params.aux_ref_audio_paths)
         events = service.speak_text(
             speaker.id, params.text or "", caller=caller_of(request), speed=params.speed_factor,
-            voice=voice_with(speaker.voice, params.sampling_sent()),
+            voice=voice_with(speaker.voice, settings),
         )
         answer = AudioAnswer(ENCODER_FORMATS[params.media_type], params.streaming, media_type=f"audio/{params.media_type}")
         return await respond_audio(request, events, answer)

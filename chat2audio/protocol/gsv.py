@@ -52,7 +52,11 @@ class TTSParams(BaseModel):
         None, description="required: its language", json_schema_extra={"enum": sorted(SPEAKABLE_LANGUAGES)}
     )
     ref_audio_path: str | None = Field(None, description="required: a speaker's reference clip, which picks the speaker")
-    aux_ref_audio_paths: list[str] | None = Field(None, description="ignored: each speaker has one reference")
+    aux_ref_audio_paths: list[str] | None = Field(
+        None,
+        description="tone fusion: other reference clips (any speaker's) whose timbre is blended equally with the "
+        "speaker's own",
+    )
     prompt_text: str = Field("", description="ignored: the speaker's own reference text is used")
     prompt_lang: str | None = Field(
         None, description="required, as api_v2 requires it; the speaker's own is used",

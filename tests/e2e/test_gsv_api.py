@@ -213,6 +213,25 @@ def test_setting_weights_switches_nothing(client, models_dir, voice_of):
     assert_message(client.get("/set_sovits_weights"), "sovits weight path is required")
 
 
+def test_aux_ref_audio_paths_blend_another_clip_into_the_timbre(client, voice_of):
+    """api_v2's tone fusion: the speaker's weights and delivery, its timbre blended equally with
+    another speaker's clip; its own clip as the auxiliary one leaves the timbre as it was."""
+    own = voice_of("TinyA")
+    blended = wav_samples(speak(client, "ref_audios/TinyA.wav", aux_ref_audio_paths=["ref_audios/TinyB.wav"]))
+    assert steps_apart(blended, own) > 800
+    assert steps_apart(blended, voice_of("TinyB")) > 800
+    again = client.post("/tts", json={
+        "text": TEXT, "text_lang": "zh", "ref_audio_path": "TinyA.wav", "prompt_lang": "zh",
+        "aux_ref_audio_paths": ["TinyB.wav"],
+    })
+    assert steps_apart(wav_samples(again), blended) <= ROUNDING_STEPS
+    itself = wav_samples(speak(client, "ref_audios/TinyA.wav", aux_ref_audio_paths=["TinyA.wav"]))
+    assert steps_apart(itself, own) <= ROUNDING_STEPS
+
+    assert_message(speak(client, "TinyA.wav", aux_ref_audio_paths=["/etc/passwd"]), "aux_ref_audio_paths", "no speaker's")
+    assert_message(speak(client, "TinyA.wav", aux_ref_audio_paths=["TinyB.wav"] * 9), "at most 8")
+
+
 def test_api_v2_errors(client, models_dir, tmp_path):
     def ask(**params) -> httpx.Response:
         base = {"text": TEXT, "text_lang": "zh", "ref_audio_path": "ref_audios/TinyA.wav", "prompt_lang": "zh"}
