@@ -80,3 +80,77 @@ def test_concurrent_interleaved_voices_each_sound_exactly_as_alone(gsv_env, tmp_
     assert steps_apart(alone["Nahida"], alone["Klee"]) > 800  # measured: 12,791
     for speaker, audio in zip(order, together):
         assert steps_apart(audio, alone[speaker]) <= rounding, f"{speaker} sounded different next to the other voice"
+
+
+
+def test_a_style_speaks_from_its_own_clip_in_the_speaker_s_timbre(gsv_env, tiny_gsv_models_dir, tmp_path):
+    """Moody is TinyA with styles whose ref_audio is another clip. Which clip the service reads for
+    a style is proven with an unreadable one: "hoarse" (prompt clip Broken.wav) fails naming it,
+    Moody's own voice still speaks. "sad" (TinyB's clip) is exactly Sadly, the same voice written
+    out by hand: TinyB's clip prompts TinyA's GPT and TinyA's clip gives the timbre. (On the tiny
+    random models another clip changes the audio by under 1 %, too little to tell voices apart by
+    ear-like measures; the engine's test_timbre spies on which file each model reads.) A "[sad]"
+    tag in the reply styles its sentence, and every sentence says when its characters are heard."""
+    import base64
+    import json
+
+    from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
+
+    models = tmp_path / "models"  # the tiny models, and a clip no audio decoder can read
+    for folder in ("GPT_weights_v2", "SoVITS_weights_v2", "ref_audios"):
+        (models / folder).mkdir(parents=True)
+        for file in (tiny_gsv_models_dir / folder).iterdir():
+            (models / folder / file.name).symlink_to(file)
+    for folder in (p for p in tiny_gsv_models_dir.iterdir() if not (models / p.name).exists()):
+        (models / folder.name).symlink_to(folder)
+    (models / "ref_audios" / "Broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 40)
+    env = {
+        **gsv_env, "CHAT2AUDIO_SPEAKERS_DIR": str(tmp_path / "speakers"), "CHAT2AUDIO_MODELS_DIR": str(models),
+        "CHAT2AUDIO_TTS_CHUNK_PACING": "fixed",
+    }
+    voice = {"top_k": 1, "noise_scale": 0.0}
+    moody = write_speaker_toml(tmp_path / "speakers", "TinyA", speaker_id="Moody", prompt="Low", **voice)
+    moody.write_text(
+        moody.read_text() + '\n[styles.sad]\nref_audio = "ref_audios/TinyB.wav"\n'
+        '\n[styles.hoarse]\nref_audio = "ref_audios/Broken.wav"\n'
+    )
+    sadly = write_speaker_toml(
+        tmp_path / "speakers", "TinyA", speaker_id="Sadly", prompt="Low", ref_audio="ref_audios/TinyB.wav", **voice
+    )
+    sadly.write_text(sadly.read_text() + 'timbre = { "ref_audios/TinyA.wav" = 1.0 }\n')  # still in [voice]
+    text = SPOKEN_TEXTS[0]
+    with running_server("app_non_stream", env, tmp_path / "server.log") as server:
+
+        def ask(speaker: str, **request) -> httpx.Response:
+            body = {"input": text, "speaker": speaker, **request}
+            return httpx.post(f"{server.base_url}/chat2audio", json=body, timeout=300)
+
+        def said(speaker: str, **request) -> np.ndarray:
+            response = ask(speaker, **request)
+            assert response.status_code == 200, response.text
+            return soundfile.read(io.BytesIO(response.content), dtype="int16")[0].astype(np.int32)
+
+        sad, sadly = said("Moody", style="sad"), said("Sadly")
+        assert sad.size == sadly.size and int(np.abs(sad - sadly).max()) <= 256
+
+        body = {"input": f"{text}[sad]{text}", "speaker": "Moody", "format": "events"}
+        response = httpx.post(f"{server.base_url}/chat2audio", json=body, timeout=300)
+        assert response.status_code == 200, response.text
+
+        # Last, as it leaves Moody unavailable (a broken style is a broken speaker file, named as such).
+        hoarse = ask("Moody", style="hoarse")
+        assert hoarse.status_code >= 500 and "ref_audios/Broken.wav" in hoarse.text, hoarse.text
+        speakers = {s["id"]: s for s in httpx.get(f"{server.base_url}/speakers").json()["speakers"]}
+        assert not speakers["Moody"]["available"] and "style hoarse" in speakers["Moody"]["reason"]
+    events = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    sentences = [event for event in events if event["type"] == "sentence"]
+    assert [s["style"] for s in sentences] == [None, "sad"]
+    assert all(s["text"] == text for s in sentences)  # the tag is neither spoken nor shown
+    for sentence in sentences:
+        audio, rate = soundfile.read(io.BytesIO(base64.b64decode(sentence["audio_wav_base64"])), dtype="float32")
+        words = sentence["words"]
+        assert [w["text"] for w in words] == [c for c in text if c.isalnum()]  # a character each, as written
+        starts = [w["start_s"] for w in words]
+        assert starts == sorted(starts) and all(w["start_s"] <= w["end_s"] for w in words)
+        assert 0 <= starts[0] and words[-1]["end_s"] <= audio.size / rate + 1e-3
+    assert sentences[1]["offset_s"] > sentences[0]["offset_s"]

@@ -215,10 +215,12 @@ def test_setting_weights_switches_nothing(client, models_dir, voice_of):
 
 def test_aux_ref_audio_paths_blend_another_clip_into_the_timbre(client, voice_of):
     """api_v2's tone fusion: the speaker's weights and delivery, its timbre blended equally with
-    another speaker's clip; its own clip as the auxiliary one leaves the timbre as it was."""
+    another speaker's clip; its own clip as the auxiliary one leaves the timbre as it was. (On the
+    tiny random models a clip moves the audio by under 1 %: more than rounding, far less than
+    another voice's weights. The engine's test_timbre checks the blend's numbers.)"""
     own = voice_of("TinyA")
     blended = wav_samples(speak(client, "ref_audios/TinyA.wav", aux_ref_audio_paths=["ref_audios/TinyB.wav"]))
-    assert steps_apart(blended, own) > 800
+    assert steps_apart(blended, own) > ROUNDING_STEPS
     assert steps_apart(blended, voice_of("TinyB")) > 800
     again = client.post("/tts", json={
         "text": TEXT, "text_lang": "zh", "ref_audio_path": "TinyA.wav", "prompt_lang": "zh",
@@ -230,6 +232,7 @@ def test_aux_ref_audio_paths_blend_another_clip_into_the_timbre(client, voice_of
 
     assert_message(speak(client, "TinyA.wav", aux_ref_audio_paths=["/etc/passwd"]), "aux_ref_audio_paths", "no speaker's")
     assert_message(speak(client, "TinyA.wav", aux_ref_audio_paths=["TinyB.wav"] * 9), "at most 8")
+    assert_message(speak(client, "TinyA.wav", aux_ref_audio_paths=["Nobody.wav"]), "ref_audios/Nobody.wav is missing")
 
 
 def test_api_v2_errors(client, models_dir, tmp_path):
