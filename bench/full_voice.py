@@ -67,6 +67,7 @@ def _peak_rss_mb() -> float:
 
 async def _serve_ours(args: argparse.Namespace) -> None:
     from tests.fixtures.full_gpt_sovits import full_voice
+    from tts.base import audio_of
     from tts.gpt_sovits import GPTSoVITSEngine
 
     replies = _reply_channel()
@@ -92,7 +93,7 @@ async def _serve_ours(args: argparse.Namespace) -> None:
         request = json.loads(line)
         seconds, calls, vocoded = dict(stats.stage_seconds), dict(stats.stage_calls), stats.vocoded_audio_s
         began, first = time.perf_counter(), None
-        async for _chunk in engine.synthesize(request["text"], voice, streaming=True):
+        async for _chunk in audio_of(engine.synthesize(request["text"], voice, streaming=True)):
             first = first if first is not None else time.perf_counter() - began
         streamed_s = time.perf_counter() - began
         spent = {stage: stats.stage_seconds[stage] - seconds[stage] for stage in seconds}

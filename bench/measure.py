@@ -15,7 +15,7 @@ from chat2audio.pipeline import speak_reply
 from chat2audio.runtime.text import is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig
 from llm.base import ChatMessage, GenerationOptions, LLMBackend
-from tts.base import TTSEngine, VoiceParams
+from tts.base import TTSEngine, VoiceParams, audio_of
 
 
 @dataclass
@@ -58,7 +58,7 @@ async def measure_floor(
     first_chunk = await _time_to_first_chunk(tts, first, voice) if first else 0.0
     tts_started = time.perf_counter()
     for sentence in sentences:
-        async with aclosing(tts.synthesize(sentence, voice)) as chunks:
+        async with aclosing(audio_of(tts.synthesize(sentence, voice))) as chunks:
             async for _ in chunks:
                 pass
     return Floor(first, written_at, first_chunk, llm_total, time.perf_counter() - tts_started, len(texts), sentences)
@@ -71,7 +71,7 @@ def _split(pieces: list[str], config: SplitterConfig | None) -> list[str]:
 
 async def _time_to_first_chunk(tts: TTSEngine, text: str, voice: VoiceParams) -> float:
     started = time.perf_counter()
-    async with aclosing(tts.synthesize(text, voice, streaming=True)) as chunks:
+    async with aclosing(audio_of(tts.synthesize(text, voice, streaming=True))) as chunks:
         async for _ in chunks:
             return time.perf_counter() - started
     return time.perf_counter() - started
@@ -103,7 +103,7 @@ async def tts_speed(tts: TTSEngine, text: str, voice: VoiceParams) -> EngineSpee
     first = await _time_to_first_chunk(tts, text, voice)
     started = time.perf_counter()
     samples = 0
-    async with aclosing(tts.synthesize(text, voice)) as chunks:
+    async with aclosing(audio_of(tts.synthesize(text, voice))) as chunks:
         async for chunk in chunks:
             samples += chunk.size
     return EngineSpeed(first, time.perf_counter() - started, samples / tts.sample_rate(voice))

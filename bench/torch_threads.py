@@ -24,6 +24,7 @@ from chat2audio.runtime.cores import CoreShare
 from chat2audio.settings import Settings
 from llm.base import ChatMessage, GenerationOptions
 from tests.fixtures.full_gpt_sovits import full_size_models, full_voice
+from tts.base import audio_of
 from tts.gpt_sovits import SAMPLE_RATE, GPTSoVITSEngine
 
 SENTENCES = (
@@ -41,7 +42,7 @@ async def speak(engine: GPTSoVITSEngine, voice) -> tuple[float, float]:
     steps_s, steps = stats.stage_seconds["gpt_step"], stats.stage_calls["gpt_step"]
     began, samples = time.perf_counter(), 0
     for text in SENTENCES:
-        async for chunk in engine.synthesize(text, voice, streaming=True):
+        async for chunk in audio_of(engine.synthesize(text, voice, streaming=True)):
             samples += chunk.size
     rtf = (time.perf_counter() - began) / (samples / SAMPLE_RATE)
     step_ms = 1000 * (stats.stage_seconds["gpt_step"] - steps_s) / max(1, stats.stage_calls["gpt_step"] - steps)

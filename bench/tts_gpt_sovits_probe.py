@@ -21,6 +21,7 @@ from pathlib import Path
 
 from chat2audio.settings import PROJECT_ROOT
 from tests.fixtures.tiny_gpt_sovits import SPOKEN_TEXTS, build_tiny_gpt_sovits_models, tiny_voice
+from tts.base import audio_of
 from tts.gpt_sovits import SAMPLE_RATE, GPTSoVITSEngine, GPTSoVITSVoice
 
 
@@ -38,13 +39,13 @@ async def probe(engine: GPTSoVITSEngine, voice: GPTSoVITSVoice, texts: list[str]
     for _ in range(repeats):
         for text in texts:
             began, first, count = time.perf_counter(), None, 0
-            async for _chunk in engine.synthesize(text, voice, streaming=True):
+            async for _chunk in audio_of(engine.synthesize(text, voice, streaming=True)):
                 first = first if first is not None else time.perf_counter() - began
                 count += 1
             first_chunk.append(first)
             chunks.append(count)
             began, samples = time.perf_counter(), 0
-            async for chunk in engine.synthesize(text, voice):
+            async for chunk in audio_of(engine.synthesize(text, voice)):
                 samples += chunk.size
             whole.append(time.perf_counter() - began)
             audio_s.append(samples / SAMPLE_RATE)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Union, runtime_checkable
@@ -60,6 +60,15 @@ class WordTimings:
 
 
 SpeechItem = Union[np.ndarray, WordTimings]
+
+
+async def audio_of(items: AsyncGenerator[SpeechItem, None]) -> AsyncIterator[np.ndarray]:
+    """The audio chunks of a `synthesize` stream, its `WordTimings` left out, for callers that
+    only measure or play the audio. Closing this closes the engine's stream."""
+    async with aclosing(items):
+        async for item in items:
+            if isinstance(item, np.ndarray):
+                yield item
 
 
 class TTSError(EngineError):
