@@ -46,7 +46,8 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
         for server in (ours, original):  # one throw-away reply each: first-request costs are not latency
             listen(server.base_url, profile.request(profile.prompts[0][1]))
         await pipeline_in_process(
-            backends.llm, backends.tts, backends.voice, backends.messages(profile.prompts[0][1]), backends.options
+            backends.llm, backends.tts, backends.voice, backends.messages(profile.prompts[0][1]), backends.options,
+            backends.styles,
         )
         rows, ratios, vs_original, overlaps, overheads = [], [], [], [], []
         for label, text in profile.prompts:
@@ -60,7 +61,9 @@ async def run_profile(profile: Profile, concurrency: list[int], workdir: Path, r
             floor = median_by(floors, lambda f: f.floor_s)
             ours_result = median_by(ours_results, lambda r: r.ttfa_s)
             original_result = median_by(original_results, lambda r: r.ttfa_s)
-            in_process = await pipeline_in_process(backends.llm, backends.tts, backends.voice, messages, backends.options)
+            in_process = await pipeline_in_process(
+                backends.llm, backends.tts, backends.voice, messages, backends.options, backends.styles
+            )
             if ours_result.ttfa_s is None or original_result.ttfa_s is None:
                 rows.append([label, "error", "", "", "", "", "", "", "", ""])
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -78,11 +79,12 @@ async def _time_to_first_chunk(tts: TTSEngine, text: str, voice: VoiceParams) ->
 
 
 async def pipeline_in_process(
-    llm: LLMBackend, tts: TTSEngine, voice: VoiceParams, messages: list[ChatMessage], options: GenerationOptions
+    llm: LLMBackend, tts: TTSEngine, voice: VoiceParams, messages: list[ChatMessage], options: GenerationOptions,
+    styles: Mapping[str, VoiceParams] | None = None,
 ) -> float:
     """The same pipeline the server runs, without HTTP: seconds to the last audio chunk."""
     started = time.perf_counter()
-    async with aclosing(speak_reply(llm, tts, voice, messages, options)) as chunks:
+    async with aclosing(speak_reply(llm, tts, voice, messages, options, styles=styles)) as chunks:
         async for _ in chunks:
             pass
     return time.perf_counter() - started

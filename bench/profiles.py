@@ -4,7 +4,7 @@ built the same way) and the prompts."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chat2audio.settings import PROJECT_ROOT, Settings, generation_defaults, settings_from
@@ -21,11 +21,12 @@ class Backends:
     llm: LLMBackend
     tts: TTSEngine
     voice: VoiceParams
-    system_prompt: str
+    system_prompt: str  # as the server builds it: the persona, told its style tags
     options: GenerationOptions
     count_tokens: Callable[[str], int]
     llm_label: str
     tts_label: str
+    styles: dict[str, VoiceParams] = field(default_factory=dict)
 
     def messages(self, text: str) -> list[ChatMessage]:
         return [ChatMessage("system", self.system_prompt), ChatMessage("user", text)]
@@ -71,8 +72,8 @@ class Profile:
             top_p=options.top_p, repetition_penalty=options.repetition_penalty,
         )
         return Backends(
-            llm, tts, speaker.voice, speaker.system_prompt, options, self.token_counter(llm),
-            llm_label=self.llm_label(settings), tts_label=speaker.engine,
+            llm, tts, speaker.voice, speaker.role_prompt(settings.style_prompt), options, self.token_counter(llm),
+            llm_label=self.llm_label(settings), tts_label=speaker.engine, styles=speaker.styles,
         )
 
     def token_counter(self, llm: LLMBackend) -> Callable[[str], int]:

@@ -324,10 +324,8 @@ class ChatService:
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         """The speaker's persona, told the style tags it may use (none when the request pinned one)."""
-        prompt = turn.speaker.system_prompt
-        if (styles := turn.styles()) and turn.engine is not None:
-            tags = ", ".join(f"[{name}]" for name in styles)
-            prompt = f"{prompt}\n\n{self.settings.style_prompt.format(tags=tags)}".strip()
+        spoken_in_styles = turn.engine is not None and turn.style is None
+        prompt = turn.speaker.role_prompt(self.settings.style_prompt, with_styles=spoken_in_styles)
         return [ChatMessage("system", prompt)] if prompt else []
 
     def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter, bool]:

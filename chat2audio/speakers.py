@@ -112,6 +112,14 @@ class Speaker:
         """Its voice and each of its styles'."""
         return [self.voice, *self.styles.values()] if self.voice is not None else []
 
+    def role_prompt(self, style_prompt: str, *, with_styles: bool = True) -> str:
+        """Its role-play prompt, followed (`with_styles`, and it has styles) by `style_prompt`
+        telling the model the style tags it may use (`{tags}`: "[happy], [sad]")."""
+        if not (with_styles and self.styles):
+            return self.system_prompt
+        tags = ", ".join(f"[{name}]" for name in self.styles)
+        return f"{self.system_prompt}\n\n{style_prompt.format(tags=tags)}".strip()
+
     @property
     def translates(self) -> bool:
         """Replies are written in `language` and spoken in `speech_language`."""
