@@ -26,8 +26,9 @@ export class Exchanges {
   }
 
   /** Send `text`, or `recording` ({blob, filename, seconds}), to `speaker` (shown as `label`) in
-   * conversation `session`; resolves once the reply has been shown (its audio may still sound). */
-  async send({ speaker, label, session, text, recording, textOnly }) {
+   * conversation `session`, the whole reply in mood `style` if one is given; resolves once the
+   * reply has been shown (its audio may still sound). */
+  async send({ speaker, label, session, text, recording, textOnly, style = null }) {
     this.stop();
     const player = this.player;
     if (!textOnly) player.unlock(); // inside the click: the browser allows audio from here on
@@ -60,8 +61,9 @@ export class Exchanges {
       body.append('speaker', speaker);
       body.append('format', format);
       body.append('session_id', session);
+      if (style) body.append('style', style);
     } else {
-      body = JSON.stringify({ input: text, speaker, format, session_id: session });
+      body = JSON.stringify({ input: text, speaker, format, session_id: session, ...(style ? { style } : {}) });
       headers['Content-Type'] = 'application/json';
     }
 

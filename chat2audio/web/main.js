@@ -26,6 +26,7 @@ const els = {
   send: $('send'),
   mic: $('mic'),
   textOnly: $('text-only'),
+  mood: $('mood'),
   apiKey: $('api-key'),
 };
 
@@ -59,6 +60,7 @@ function selectCharacter(id, { focus = false } = {}) {
   const voiceless = state === 'voiceless';
   els.textOnly.checked = voiceless || textOnlyWanted;
   els.textOnly.disabled = voiceless;
+  if (changed) offerMoods(voiceless ? [] : (info && info.styles) || []);
   const name = speakerLabel(id);
   els.current.textContent = voiceless ? `${name} · text only` : name;
   if (!changed) return;
@@ -125,6 +127,13 @@ async function loadSpeakers() {
   }
 }
 
+/** The moods (styles) `styles` in the mood picker, none picked: shown only for a character that has some. */
+function offerMoods(styles) {
+  const options = styles.map((name) => new Option(name, name));
+  els.mood.replaceChildren(new Option('its own choice', ''), ...options);
+  els.mood.closest('label').hidden = !styles.length;
+}
+
 function send({ text, recording }) {
   const speaker = selected;
   if (!speaker) {
@@ -132,7 +141,8 @@ function send({ text, recording }) {
     return;
   }
   const session = sessionFor(speaker);
-  exchanges.send({ speaker, label: speakerLabel(speaker), session, text, recording, textOnly: els.textOnly.checked });
+  const style = els.mood.closest('label').hidden ? null : els.mood.value || null;
+  exchanges.send({ speaker, label: speakerLabel(speaker), session, text, recording, textOnly: els.textOnly.checked, style });
 }
 
 let recorder = null;

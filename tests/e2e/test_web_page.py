@@ -194,6 +194,14 @@ def test_the_card_shows_the_mood_the_reply_is_spoken_in(seen):
     assert max(w["t"] for w in words if w["sentence"] == 0) <= sad <= min(w["t"] for w in words if w["sentence"] == 1)
 
 
+def test_a_mood_picked_on_the_page_holds_for_the_whole_reply(seen):
+    pinned = scenario(seen, "pinned mood")
+    assert pinned["withoutMoods"]["shown"] is False  # a character without moods offers none
+    assert pinned["withMoods"] == {"shown": True, "options": ["", "happy", "sad"]}
+    assert pinned["styles"] == ["sad", "sad"], "the reply's own [happy] tag no longer changes the mood"
+    assert pinned["reply"] == {"role": "assistant", "sentences": PERFORM_SENTENCES, "errors": []}
+
+
 def test_the_mouth_moves_with_the_audio_and_rests_after(seen):
     mouth = scenario(seen, "perform")["mouth"]  # each change of its drawn height (or "hidden")
     shown = [change["height"] for change in mouth if change["height"] != "hidden"]

@@ -416,6 +416,21 @@ try {
       [...nodes.at(-1).querySelectorAll('.sentence')].map((s) => s.dataset.style || null)));
     return { ...(await snapshot(page)), ...watched, styles, screenshot: shot };
   });
+  await scenario(results, 'pinned mood', async () => {
+    const offered = async () => page.$eval('#mood', (select) => ({
+      shown: !select.closest('label').hidden, options: [...select.options].map((o) => o.value),
+    }));
+    await pick(page, options.speaker);
+    const withoutMoods = await offered();
+    await pick(page, options.performer);
+    const withMoods = await offered();
+    await page.selectOption('#mood', 'sad');
+    await send(page, options.performMessage);
+    const styles = await page.$$eval('#conversation .bubble.assistant', (nodes) => (
+      [...nodes.at(-1).querySelectorAll('.sentence')].map((s) => s.dataset.style || null)));
+    await page.selectOption('#mood', '');
+    return { ...(await snapshot(page)), withoutMoods, withMoods, styles };
+  });
 } finally {
   await browser.close();
 }
