@@ -49,6 +49,7 @@ def style_tag(span: str) -> str | None:
         return None
     return span[1:-1].strip().lower() or None
 
+
 @dataclass(frozen=True)
 class SplitterConfig:
     """Length knobs, in `speech_weight` units."""
