@@ -72,7 +72,7 @@ class Profile:
             top_p=options.top_p, repetition_penalty=options.repetition_penalty,
         )
         return Backends(
-            llm, tts, speaker.voice, speaker.role_prompt(settings.style_prompt), options, self.token_counter(llm),
+            llm, tts, speaker.voice, speaker.role_prompt(settings.style_prompt, speaker.styles), options, self.token_counter(llm),
             llm_label=self.llm_label(settings), tts_label=speaker.engine, styles=speaker.styles,
         )
 

@@ -324,8 +324,8 @@ class ChatService:
 
     def _role_prompt(self, turn: _Turn) -> list[ChatMessage]:
         """The speaker's persona, told the style tags it may use (none when the request pinned one)."""
-        spoken_in_styles = turn.engine is not None and turn.style is None
-        prompt = turn.speaker.role_prompt(self.settings.style_prompt, with_styles=spoken_in_styles)
+        styles = turn.styles() if turn.engine is not None else {}
+        prompt = turn.speaker.role_prompt(self.settings.style_prompt, styles)
         return [ChatMessage("system", prompt)] if prompt else []
 
     def _prompt_budget(self, turn: _Turn) -> tuple[int | None, TokenCounter, bool]:

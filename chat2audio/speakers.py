@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
@@ -112,12 +113,12 @@ class Speaker:
         """Its voice and each of its styles'."""
         return [self.voice, *self.styles.values()] if self.voice is not None else []
 
-    def role_prompt(self, style_prompt: str, *, with_styles: bool = True) -> str:
-        """Its role-play prompt, followed (`with_styles`, and it has styles) by `style_prompt`
-        telling the model the style tags it may use (`{tags}`: "[happy], [sad]")."""
-        if not (with_styles and self.styles):
+    def role_prompt(self, style_prompt: str, styles: Iterable[str]) -> str:
+        """Its role-play prompt, followed (if `styles` names any) by `style_prompt` telling the
+        model the tags of those styles, which it may use (`{tags}`: "[happy], [sad]")."""
+        tags = ", ".join(f"[{name}]" for name in styles)
+        if not tags:
             return self.system_prompt
-        tags = ", ".join(f"[{name}]" for name in self.styles)
         return f"{self.system_prompt}\n\n{style_prompt.format(tags=tags)}".strip()
 
     @property

@@ -136,7 +136,7 @@ def aux_clips_timbre(
     must be a reference clip some GPT-SoVITS speaker owns, named as `ref_audio_path` may be."""
     if len(client_paths) > MAX_AUX_CLIPS:
         raise InvalidInput(f"aux_ref_audio_paths names {len(client_paths)} clips; at most {MAX_AUX_CLIPS} may be blended")
-    owned = [(clip, speaker) for clip, speaker in owned_clips(registry)]
+    owned = owned_clips(registry)
     timbre = dict(voice.timbre_weights())
     for client_path in client_paths:
         relative = relative_to_models_dir(client_path, models_dir)
