@@ -82,11 +82,10 @@ def test_concurrent_interleaved_voices_each_sound_exactly_as_alone(gsv_env, tmp_
         assert steps_apart(audio, alone[speaker]) <= rounding, f"{speaker} sounded different next to the other voice"
 
 
-
 def test_a_style_speaks_from_its_own_clip_in_the_speaker_s_timbre(gsv_env, tiny_gsv_models_dir, tmp_path):
     """Moody is TinyA with styles whose ref_audio is another clip. Which clip the service reads for
     a style is proven with an unreadable one: "hoarse" (prompt clip Broken.wav) fails naming it,
-    Moody's own voice still speaks. "sad" (TinyB's clip) is exactly Sadly, the same voice written
+    and Moody is then unavailable for that reason. "sad" (TinyB's clip) is exactly Sadly, the same voice written
     out by hand: TinyB's clip prompts TinyA's GPT and TinyA's clip gives the timbre. (On the tiny
     random models another clip changes the audio by under 1 %, too little to tell voices apart by
     ear-like measures; the engine's test_timbre spies on which file each model reads.) A "[sad]"
@@ -97,12 +96,12 @@ def test_a_style_speaks_from_its_own_clip_in_the_speaker_s_timbre(gsv_env, tiny_
     from tests.fixtures.tiny_gpt_sovits import write_speaker_toml
 
     models = tmp_path / "models"  # the tiny models, and a clip no audio decoder can read
-    for folder in ("GPT_weights_v2", "SoVITS_weights_v2", "ref_audios"):
-        (models / folder).mkdir(parents=True)
-        for file in (tiny_gsv_models_dir / folder).iterdir():
-            (models / folder / file.name).symlink_to(file)
-    for folder in (p for p in tiny_gsv_models_dir.iterdir() if not (models / p.name).exists()):
-        (models / folder.name).symlink_to(folder)
+    (models / "ref_audios").mkdir(parents=True)
+    for entry in tiny_gsv_models_dir.iterdir():
+        if entry.name != "ref_audios":
+            (models / entry.name).symlink_to(entry)
+    for clip in (tiny_gsv_models_dir / "ref_audios").iterdir():
+        (models / "ref_audios" / clip.name).symlink_to(clip)
     (models / "ref_audios" / "Broken.wav").write_bytes(b"RIFF" + bytes(range(256)) * 40)
     env = {
         **gsv_env, "CHAT2AUDIO_SPEAKERS_DIR": str(tmp_path / "speakers"), "CHAT2AUDIO_MODELS_DIR": str(models),
