@@ -178,9 +178,10 @@ class WholeFile:
     words: list[WordTimingInfo] | None = None
 
 
-async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int | None = None) -> WholeFile:
+async def whole_file(reply: OpenedReply, audio_format: str | None, *, output_rate: int | None = None) -> WholeFile:
     """The reply's audio as one complete file (a WAV with its real sizes, not a stream's unknown
-    ones); a failure on the way is raised (nothing was sent). The encoding runs on a worker thread."""
+    ones), or with `audio_format` None its text alone (no data); a failure on the way is raised
+    (nothing was sent). The encoding runs on a worker thread."""
     sentences: list[np.ndarray] = []
     words: list[WordTimingInfo] | None = None
     finished: ReplyFinished | None = None
@@ -195,6 +196,8 @@ async def whole_file(reply: OpenedReply, audio_format: str, *, output_rate: int 
     assert finished is not None
     samples = np.concatenate(sentences) if sentences else np.zeros(0, dtype=np.float32)
     rate = reply.started.sample_rate
+    if audio_format is None:
+        return WholeFile(b"", "", rate, samples.size / rate if rate else 0.0, finished, words)
     data, media_type, output_rate = await asyncio.to_thread(_encode_whole, samples, rate, audio_format, output_rate)
     return WholeFile(data, media_type, output_rate, samples.size / rate if rate else 0.0, finished, words)
 

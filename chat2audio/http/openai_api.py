@@ -27,10 +27,10 @@ from sse_starlette import ServerSentEvent
 from chat2audio.codecs import StreamEncoder
 from chat2audio.context import estimate_tokens
 from chat2audio.http.deps import ServiceDep, protected_router
-from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_audio, word_infos
+from chat2audio.http.encoders import AUDIO_AND_EVENT_MEDIA_TYPES, OpenedReply, encoded_audio, whole_file, word_infos
 from chat2audio.http.errors import error_detail
 from chat2audio.http.responders import AudioAnswer, EventsAnswer, JsonAnswer, caller_of, respond_audio
-from chat2audio.pipeline import AudioChunk, ReplyFinished, SentenceDone
+from chat2audio.pipeline import ReplyFinished, SentenceDone
 from chat2audio.protocol.openai import (
     CHAT_MODEL,
     PCM_RATE,
@@ -118,47 +118,29 @@ class _Completion:
         self.id, self.model, self.audio_format = completion_id, model, audio_format
         self.created = int(time.time())
 
-    def _encoder(self, reply: OpenedReply) -> StreamEncoder | None:
-        if self.audio_format is None:
-            return None
-        output_rate = PCM_RATE if self.audio_format == "pcm" else None
-        return StreamEncoder(self.audio_format, reply.started.sample_rate, output_rate=output_rate)
+    def _output_rate(self) -> int | None:
+        return PCM_RATE if self.audio_format == "pcm" else None
 
     async def whole(self, reply: OpenedReply) -> dict[str, Any]:
-        encoder = self._encoder(reply)
-        audio = bytearray()
-        words: list[dict[str, Any]] | None = None
-        finished: ReplyFinished | None = None
-        try:
-            async with aclosing(reply.rest):
-                async for item in reply.items():
-                    if isinstance(item, ReplyFinished):
-                        finished = item
-                    elif encoder is not None and isinstance(item, AudioChunk):
-                        audio += encoder.encode(item.audio)
-                    elif isinstance(item, SentenceDone) and (timed := word_infos(item, from_reply_start=True)) is not None:
-                        words = (words or []) + [word.model_dump() for word in timed]
-            if encoder is not None:
-                audio += encoder.finish()
-        finally:
-            if encoder is not None:
-                encoder.close()
-        assert finished is not None
-        message: dict[str, Any] = {"role": "assistant", "content": finished.text, "refusal": None}
-        if encoder is not None:
+        whole = await whole_file(reply, self.audio_format, output_rate=self._output_rate())
+        message: dict[str, Any] = {"role": "assistant", "content": whole.finished.text, "refusal": None}
+        if self.audio_format is not None:
             message["content"] = None  # as OpenAI's audio replies: the words are the transcript
             message["audio"] = {
-                "id": f"audio_{reply.request_id}", "data": base64.b64encode(bytes(audio)).decode(),
-                "expires_at": self.created + AUDIO_EXPIRES_S, "transcript": finished.text,
-                "words": words,  # ours: when each word is heard, from the audio's start (null: the voice does not say)
+                "id": f"audio_{reply.request_id}", "data": base64.b64encode(whole.data).decode(),
+                "expires_at": self.created + AUDIO_EXPIRES_S, "transcript": whole.finished.text,
+                # ours: when each word is heard, from the audio's start (null: the voice does not say)
+                "words": None if whole.words is None else [word.model_dump() for word in whole.words],
             }
-        choice = {"index": 0, "message": message, "finish_reason": finished.finish_reason, "logprobs": None}
+        choice = {"index": 0, "message": message, "finish_reason": whole.finished.finish_reason, "logprobs": None}
         return self._envelope("chat.completion", choice)
 
     async def chunks(self, reply: OpenedReply) -> AsyncIterator[ServerSentEvent]:
         """A chunk with the role, one per sentence (transcript piece, and its audio), a last one
         with the finish reason, then `[DONE]`; an error after the start comes as an error chunk."""
-        encoder = self._encoder(reply)
+        encoder = None
+        if self.audio_format is not None:
+            encoder = StreamEncoder(self.audio_format, reply.started.sample_rate, output_rate=self._output_rate())
         audio_id = f"audio_{reply.request_id}"
         yield self._chunk({"role": "assistant", "content": ""} if encoder is None else {"role": "assistant"})
         finish_reason = "stop"
