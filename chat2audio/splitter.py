@@ -117,9 +117,7 @@ class SentenceSplitter:
         if cut is None and at_words and self._weight >= self.config.min_weight:
             cut = _last_word_boundary(text)
         if cut:
-            head = text[:cut]
-            self._set_buffer(text[cut:])
-            self._emit(head)
+            self._emit_head(cut)
         out, self._out = self._out, []
         return out
 
@@ -129,9 +127,7 @@ class SentenceSplitter:
         if style not in self._styles or style == self.style:
             return
         if is_speakable(self._buffer):
-            text = self._buffer
-            self._set_buffer("")
-            self._emit(text)
+            self._emit_head()
         self.style = style
 
     def _push_spoken(self, ch: str) -> None:
@@ -175,8 +171,7 @@ class SentenceSplitter:
         else:
             return
         if self._weight >= minimum and is_speakable(candidate):
-            self._set_buffer("")
-            self._emit(candidate)
+            self._emit_head()
 
     def _cut_long_run(self) -> None:
         text = self._buffer
@@ -184,9 +179,14 @@ class SentenceSplitter:
         if not cut and speech_weight(text) > 2 * self.config.max_weight:
             cut = len(text)  # one endless "word" (a URL, a key mash): no boundary to respect
         if cut:
-            head = text[:cut]
-            self._set_buffer(text[cut:])
-            self._emit(head)
+            self._emit_head(cut)
+
+    def _emit_head(self, cut: int | None = None) -> None:
+        """Emit the buffer up to `cut` (all of it by default) as a sentence; keep the rest."""
+        text = self._buffer
+        cut = len(text) if cut is None else cut
+        self._set_buffer(text[cut:])
+        self._emit(text[:cut])
 
     def _set_buffer(self, text: str) -> None:
         self._buffer, self._weight = text, speech_weight(text)
