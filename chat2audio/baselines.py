@@ -11,7 +11,7 @@ from typing import Any
 
 from chat2audio.pipeline import ReplyItem, Staging, speak_reply
 from chat2audio.settings import TestingSettings
-from llm.base import ChatMessage, GenerationOptions, LLMBackend, TextPiece
+from llm.base import ChatMessage, GenerationOptions, ReplyWriter, TextPiece
 
 ReplyPipeline = Callable[..., AsyncIterator[ReplyItem]]
 
@@ -50,9 +50,8 @@ def _whole_reply_first(pipeline: ReplyPipeline) -> ReplyPipeline:
 class WholeReplyFirst:
     """An LLM whose reply arrives in one piece, once all of it is written."""
 
-    def __init__(self, llm: LLMBackend) -> None:
+    def __init__(self, llm: ReplyWriter) -> None:
         self.llm = llm
-        self.name = llm.name
 
     async def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         async with aclosing(self.llm.stream_chat(messages, options)) as pieces:

@@ -22,7 +22,7 @@ from chat2audio.runtime.errors import ReportableError
 from chat2audio.runtime.scheduling import speaking_by
 from chat2audio.runtime.text import is_cjk, is_speakable
 from chat2audio.splitter import SentenceSplitter, SplitterConfig, ends_sentence, speakable_text
-from llm.base import ChatMessage, GenerationOptions, LLMBackend
+from llm.base import ChatMessage, GenerationOptions, ReplyWriter
 from tts.base import TTSEngine, VoiceParams, WordTiming, WordTimings
 
 
@@ -141,7 +141,7 @@ class Staging:
 
 
 async def speak_reply(
-    llm: LLMBackend,
+    llm: ReplyWriter,
     tts: TTSEngine | None,
     voice: VoiceParams | None,
     messages: list[ChatMessage],
@@ -224,7 +224,7 @@ def without_style_tags(text: str, styles: Mapping[str, object]) -> str:
 
 
 async def _write_sentences(
-    llm: LLMBackend,
+    llm: ReplyWriter,
     messages: list[ChatMessage],
     options: GenerationOptions,
     splitter: SentenceSplitter,

@@ -31,7 +31,7 @@ from chat2audio.settings import Settings, generation_defaults
 from chat2audio.speakers import Speaker, SpeakerRegistry
 from chat2audio.splitter import SplitterConfig, speakable_text
 from chat2audio.startup import start_llm, start_stt, start_tts_engines, startup_summary
-from llm.base import ChatMessage, CountsGenerations, CountsTokens, GenerationOptions, LLMBackend
+from llm.base import ChatMessage, CountsGenerations, CountsTokens, GenerationOptions, LLMBackend, ReplyWriter
 from llm.verbatim import VerbatimText
 from stt.base import STTBackend
 from tts.base import TTSEngine, VoiceParams, hold_voice
@@ -240,7 +240,7 @@ class ChatService:
                     yield event
 
     async def _started(
-        self, turn: _Turn, holding: AsyncExitStack, messages: list[ChatMessage], *, llm: LLMBackend | None = None,
+        self, turn: _Turn, holding: AsyncExitStack, messages: list[ChatMessage], *, llm: ReplyWriter | None = None,
     ) -> AsyncIterator[ReplyEvent]:
         """An admitted turn from ReplyStarted on: its voice held (in `holding`) for the whole
         reply, then the pipeline's items."""
@@ -340,7 +340,7 @@ class ChatService:
         return budget, counting.count_tokens, counting.counts_exactly
 
     async def _speak(
-        self, turn: _Turn, messages: list[ChatMessage], *, llm: LLMBackend | None = None
+        self, turn: _Turn, messages: list[ChatMessage], *, llm: ReplyWriter | None = None
     ) -> AsyncIterator[ReplyItem]:
         """The pipeline's items, counted, logged, and remembered in the conversation at the end
         (a reply cut short as far as it was spoken). The one place a reply's first audio is

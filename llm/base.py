@@ -48,12 +48,18 @@ class LLMError(EngineError):
     default_status = 502
 
 
-@runtime_checkable
-class LLMBackend(Protocol):
-    """Generates a reply as an async stream of text pieces.
+class ReplyWriter(Protocol):
+    """All a reply's pipeline needs of an LLM: the reply to `messages`, as an async stream of
+    text pieces. Closing the iterator early (client gone) must stop the generation work promptly."""
 
-    Closing the iterator early (client gone) must stop the generation work promptly.
-    """
+    def stream_chat(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[TextPiece]: ...
+
+
+@runtime_checkable
+class LLMBackend(ReplyWriter, Protocol):
+    """A reply writer the service starts and stops: a model in this process, or a server's client."""
 
     name: str
 
@@ -65,10 +71,6 @@ class LLMBackend(Protocol):
 
     def describe(self) -> str:
         """One line for the start-up summary: which model, where."""
-
-    def stream_chat(
-        self, messages: list[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[TextPiece]: ...
 
 
 @runtime_checkable

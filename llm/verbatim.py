@@ -9,19 +9,10 @@ from llm.base import ChatMessage, GenerationOptions, TextPiece
 
 
 class VerbatimText:
-    name = "verbatim"
+    """A `ReplyWriter`, made per request: nothing to start or stop."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "verbatim (the request's own text)"
 
     async def stream_chat(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[TextPiece]:
         yield TextPiece(self.text, finish_reason="stop")
