@@ -196,10 +196,11 @@ async def whole_file(reply: OpenedReply, audio_format: str | None, *, output_rat
     assert finished is not None
     samples = np.concatenate(sentences) if sentences else np.zeros(0, dtype=np.float32)
     rate = reply.started.sample_rate
+    seconds = samples.size / rate if rate else 0.0
     if audio_format is None:
-        return WholeFile(b"", "", rate, samples.size / rate if rate else 0.0, finished, words)
+        return WholeFile(b"", "", rate, seconds, finished, words)
     data, media_type, output_rate = await asyncio.to_thread(_encode_whole, samples, rate, audio_format, output_rate)
-    return WholeFile(data, media_type, output_rate, samples.size / rate if rate else 0.0, finished, words)
+    return WholeFile(data, media_type, output_rate, seconds, finished, words)
 
 
 def _encode_whole(samples: np.ndarray, rate: int, audio_format: str, output_rate: int | None) -> tuple[bytes, str, int]:
